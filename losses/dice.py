@@ -1,0 +1,54 @@
+"""Soft Dice loss on one-hot label maps (the semi-supervised term, weight ``seg_param``)."""
+
+import torch
+
+from models.checks import check_same_spatial, check_spatial
+from utils.errors import ShapeError
+
+
+def one_hot(labels, label_ids):
+    """One-hot encode an integer label map over an explicit label list.
+
+    Parameters
+    ----------
+    labels : torch.Tensor
+        (B, 1, *spatial) integer labels.
+    label_ids : sequence of int
+        Labels to encode, one channel each, in this order (background normally excluded).
+
+    Returns
+    -------
+    torch.Tensor
+        (B, len(label_ids), *spatial) float32 of zeros and ones.
+    """
+    check_spatial(labels, "label map", channels=1)
+    if labels.is_floating_point():
+        raise ShapeError(f"label map must hold integers, got dtype {labels.dtype}")
+    ids = torch.as_tensor(list(label_ids), device=labels.device, dtype=labels.dtype)
+    shape = (1, len(ids)) + (1,) * (labels.dim() - 2)
+    return (labels == ids.view(shape)).float()
+
+
+def soft_dice_loss(fixed_onehot, warped_onehot, eps=1e-5):
+    """One minus the soft Dice, averaged over label channels and batch.
+
+    Parameters
+    ----------
+    fixed_onehot : torch.Tensor
+        (B, L, *spatial) one-hot labels of the fixed image.
+    warped_onehot : torch.Tensor
+        (B, L, *spatial) moving one-hot labels warped with linear interpolation (soft).
+    eps : float
+        Keeps labels absent from both maps at a loss of zero rather than undefined.
+    """
+    check_spatial(fixed_onehot, "fixed one-hot labels")
+    check_same_spatial(fixed_onehot, "fixed one-hot labels", warped_onehot, "warped one-hot labels")
+    if fixed_onehot.shape[1] != warped_onehot.shape[1]:
+        raise ShapeError(
+            f"fixed and warped one-hot labels have {fixed_onehot.shape[1]} and {warped_onehot.shape[1]} channels"
+        )
+    axes = tuple(range(2, fixed_onehot.dim()))
+    inter = (fixed_onehot * warped_onehot).sum(axes)
+    total = fixed_onehot.sum(axes) + warped_onehot.sum(axes)
+    dice = (2 * inter + eps) / (total + eps)
+    return 1.0 - dice.mean()

@@ -1,0 +1,58 @@
+"""The weighted training objective: similarity + lambda * smoothness + gamma * soft Dice."""
+
+from dataclasses import dataclass
+
+from utils.errors import ConfigError
+
+from .dice import soft_dice_loss
+from .regularization import smoothness
+from .similarity import SIMILARITIES, local_ncc
+
+
+@dataclass
+class RegistrationLoss:
+    """``sim(F, M o phi) + reg_param * smooth(u) + seg_param * (1 - softDice)``.
+
+    Parameters
+    ----------
+    similarity : {"mse", "ncc"}
+        Image term ("mse" as published for OASIS).
+    reg_param : float
+        lambda, weight of the pixel-unit smoothness penalty (0.01 as published).
+    seg_param : float
+        gamma, weight of the soft Dice term (0 in 2D, 0.01 in 3D as published); needs labels.
+    ncc_window : int
+        Window of the local NCC, in pixels.
+    """
+
+    similarity: str = "mse"
+    reg_param: float = 0.01
+    seg_param: float = 0.0
+    ncc_window: int = 9
+
+    def __post_init__(self):
+        if self.similarity not in SIMILARITIES:
+            raise ConfigError(f"similarity must be one of {sorted(SIMILARITIES)}, got {self.similarity!r}")
+        for key in ("reg_param", "seg_param"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{key} must be a non-negative number, got {value!r}")
+
+    @property
+    def uses_labels(self):
+        return self.seg_param > 0
+
+    def __call__(self, fixed, warped, flow, fixed_onehot=None, warped_onehot=None):
+        """Return ``(total, terms)`` where ``terms`` maps each term name to its unweighted value."""
+        if self.similarity == "ncc":
+            sim = local_ncc(fixed, warped, self.ncc_window)
+        else:
+            sim = SIMILARITIES[self.similarity](fixed, warped)
+        terms = {"similarity": sim, "smoothness": smoothness(flow)}
+        total = sim + self.reg_param * terms["smoothness"]
+        if self.uses_labels:
+            if fixed_onehot is None or warped_onehot is None:
+                raise ConfigError("seg_param > 0 needs label maps for every training subject; set seg_param to 0")
+            terms["dice"] = soft_dice_loss(fixed_onehot, warped_onehot)
+            total = total + self.seg_param * terms["dice"]
+        return total, terms

@@ -1,0 +1,160 @@
+"""Fast Fourier Convolution (Chi et al., NeurIPS 2020) blocks used as FNOReg's global feature extractors.
+
+An FFC splits its channels into a local part (3x3 convolutions) and a global part (a spectral
+transform whose receptive field is the whole image) with ratio ``alpha``. FNOReg uses
+``alpha = 1`` (global path only), for which one FFC reduces to ``ReLU(BN(SpectralTransform(x)))``.
+Tensors carry the local channels first and the global channels last, in a single tensor.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.errors import ConfigError
+
+from .nd import batch_norm, conv
+
+FFT_NORMS = ("ortho", "forward", "backward")
+
+
+def resolve_fft_axes(fft_axes, dim):
+    """Turn the ``ffc_fft_axes`` config value into negative tensor axes.
+
+    Parameters
+    ----------
+    fft_axes : {"all", "first"} or sequence of int
+        "all": every spatial axis (the FFC paper, and the released 3D code).
+        "first": the first spatial axis only (what the released 2D code does, as a side effect
+        of a default argument). A sequence lists 0-based spatial axes explicitly.
+    dim : int
+        Number of spatial dimensions.
+
+    Returns
+    -------
+    tuple of int
+        Axes counted from the end of a (batch, channel, *spatial) tensor.
+    """
+    if fft_axes == "all":
+        spatial = list(range(dim))
+    elif fft_axes == "first":
+        spatial = [0]
+    elif isinstance(fft_axes, (list, tuple)) and fft_axes and all(
+        isinstance(a, int) and not isinstance(a, bool) for a in fft_axes
+    ):
+        spatial = sorted(set(fft_axes))
+        if spatial[0] < 0 or spatial[-1] >= dim:
+            raise ConfigError(f"ffc_fft_axes {list(fft_axes)} must be spatial axes in 0..{dim - 1}")
+    else:
+        raise ConfigError(f"ffc_fft_axes must be 'all', 'first' or a list of spatial axes, got {fft_axes!r}")
+    return tuple(a - dim for a in spatial)
+
+
+class FourierUnit(nn.Module):
+    """Pointwise convolution in the frequency domain.
+
+    Real FFT over ``fft_axes``; real and imaginary parts stacked as channels; 1x1 conv (with
+    bias), batch norm and ReLU on the spectrum; back to complex; inverse real FFT to the input size.
+    """
+
+    def __init__(self, dim, channels, fft_axes="all", fft_norm="ortho"):
+        super().__init__()
+        if fft_norm not in FFT_NORMS:
+            raise ConfigError(f"ffc_fft_norm must be one of {FFT_NORMS}, got {fft_norm!r}")
+        self.axes = resolve_fft_axes(fft_axes, dim)
+        self.fft_norm = fft_norm
+        self.conv = conv(dim, 2 * channels, 2 * channels, 1, bias=True)
+        self.bn = batch_norm(dim, 2 * channels)
+
+    def forward(self, x):
+        sizes = [x.shape[a] for a in self.axes]
+        spec = torch.fft.rfftn(x, dim=self.axes, norm=self.fft_norm)
+        y = torch.cat([spec.real, spec.imag], dim=1)
+        y = F.relu(self.bn(self.conv(y)))
+        real, imag = y.chunk(2, dim=1)
+        return torch.fft.irfftn(torch.complex(real, imag), s=sizes, dim=self.axes, norm=self.fft_norm)
+
+
+class SpectralTransform(nn.Module):
+    """FFC's global path: reduce to ``out/2`` channels, Fourier unit with a skip, expand."""
+
+    def __init__(self, dim, in_channels, out_channels, fft_axes="all", fft_norm="ortho"):
+        super().__init__()
+        hidden = out_channels // 2
+        if hidden < 1:
+            raise ConfigError(f"a spectral transform needs at least 2 output channels, got {out_channels}")
+        # Convolutions followed by batch norm carry no bias (it would be cancelled).
+        self.reduce = nn.Sequential(conv(dim, in_channels, hidden, 1, bias=False), batch_norm(dim, hidden), nn.ReLU())
+        self.fourier = FourierUnit(dim, hidden, fft_axes, fft_norm)
+        self.expand = conv(dim, hidden, out_channels, 1, bias=False)
+
+    def forward(self, x):
+        z = self.reduce(x)
+        return self.expand(self.fourier(z) + z)
+
+
+def split_channels(channels, alpha):
+    """Return (local, global) channel counts for a global ratio ``alpha`` in [0, 1]."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"ffc_alpha must lie in [0, 1], got {alpha!r}")
+    n_global = int(round(channels * alpha))
+    return channels - n_global, n_global
+
+
+class FFC(nn.Module):
+    """Fast Fourier Convolution with global ratio ``alpha`` on input and output.
+
+    ``y_local = ReLU(BN(conv3x3(x_local) + conv3x3(x_global)))`` and
+    ``y_global = ReLU(BN(conv3x3(x_local) + SpectralTransform(x_global)))``; paths whose input
+    or output has no channels are absent, so ``alpha = 1`` leaves ``ReLU(BN(SpectralTransform(x)))``.
+    """
+
+    def __init__(self, dim, in_channels, out_channels, alpha=1.0, fft_axes="all", fft_norm="ortho"):
+        super().__init__()
+        self.in_local, in_global = split_channels(in_channels, alpha)
+        out_local, out_global = split_channels(out_channels, alpha)
+
+        def local_conv(c_in, c_out):
+            return conv(dim, c_in, c_out, 3, bias=False) if c_in and c_out else None
+
+        self.local_to_local = local_conv(self.in_local, out_local)
+        self.global_to_local = local_conv(in_global, out_local)
+        self.local_to_global = local_conv(self.in_local, out_global)
+        self.global_to_global = (
+            SpectralTransform(dim, in_global, out_global, fft_axes, fft_norm) if in_global and out_global else None
+        )
+        self.bn_local = batch_norm(dim, out_local) if out_local else None
+        self.bn_global = batch_norm(dim, out_global) if out_global else None
+
+    @staticmethod
+    def _sum(*terms):
+        terms = [t for t in terms if t is not None]
+        return sum(terms[1:], terms[0]) if terms else None
+
+    def forward(self, x):
+        x_local, x_global = x[:, : self.in_local], x[:, self.in_local :]
+
+        def apply(layer, inp):
+            return layer(inp) if layer is not None else None
+
+        outputs = []
+        for bn, from_local, from_global in (
+            (self.bn_local, self.local_to_local, self.global_to_local),
+            (self.bn_global, self.local_to_global, self.global_to_global),
+        ):
+            if bn is None:
+                continue
+            y = self._sum(apply(from_local, x_local), apply(from_global, x_global))
+            outputs.append(F.relu(bn(y)))
+        return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+
+
+class FFCResidualBlock(nn.Module):
+    """``x + FFC2(FFC1(x))``: FNOReg's global encoder / decoder block."""
+
+    def __init__(self, dim, channels, alpha=1.0, fft_axes="all", fft_norm="ortho"):
+        super().__init__()
+        self.ffc1 = FFC(dim, channels, channels, alpha, fft_axes, fft_norm)
+        self.ffc2 = FFC(dim, channels, channels, alpha, fft_axes, fft_norm)
+
+    def forward(self, x):
+        return x + self.ffc2(self.ffc1(x))

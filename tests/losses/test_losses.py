@@ -1,0 +1,84 @@
+"""Losses: similarity terms, the resolution-consistent smoothness penalty, soft Dice, the sum."""
+
+import math
+
+import pytest
+import torch
+
+from losses import RegistrationLoss, local_ncc, mse, one_hot, smoothness, soft_dice_loss
+from models import identity_grid
+from utils.errors import ConfigError, ShapeError
+
+
+def _smooth_field(shape):
+    """A smooth analytic field in normalised units, sampled on ``shape``."""
+    grid = identity_grid(shape)
+    dim = len(shape)
+    comps = [0.05 * torch.sin(math.pi * grid[(c + 1) % dim]) * torch.cos(0.5 * math.pi * grid[c]) for c in range(dim)]
+    return torch.stack(comps).unsqueeze(0)
+
+
+@pytest.mark.parametrize("low, high", [((80, 96), (160, 192)), ((40, 48, 56), (80, 96, 112))])
+def test_smoothness_agrees_across_resolutions(low, high):
+    a, b = smoothness(_smooth_field(low)), smoothness(_smooth_field(high))
+    assert a > 0
+    assert abs(a - b) / b < 0.03
+
+
+def test_smoothness_zero_for_constant_field():
+    assert smoothness(torch.full((1, 2, 16, 20), 0.3)) == 0
+
+
+def test_smoothness_pixel_units():
+    # u_0 = x_0 in pixels: squared diffs are 1 for channel 0 along axis 0 and 0 otherwise, so the
+    # mean over (channels, pixels) is 1/2 along axis 0 and 0 along axis 1; averaged over axes: 1/4.
+    shape = (9, 13)
+    flow = torch.zeros(1, 2, *shape)
+    flow[0, 0] = identity_grid(shape)[0]
+    assert smoothness(flow).item() == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_mse_and_ncc(dim):
+    torch.manual_seed(0)
+    shape = (1, 1) + (12,) * dim
+    x = torch.rand(shape)
+    assert mse(x, x) == 0
+    assert local_ncc(x, 2 * x + 1).item() == pytest.approx(0.0, abs=1e-3)
+    assert local_ncc(x, torch.rand(shape)) > 0.5
+
+
+def test_similarity_shape_errors():
+    with pytest.raises(ShapeError, match="same batch size and spatial shape"):
+        mse(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 9))
+
+
+def test_one_hot_and_soft_dice():
+    labels = torch.tensor([[[[0, 1], [2, 2]]]])
+    oh = one_hot(labels, [1, 2])
+    assert oh.shape == (1, 2, 2, 2)
+    assert oh[0, 1].sum() == 2
+    assert soft_dice_loss(oh, oh).item() == pytest.approx(0.0, abs=1e-6)
+    assert soft_dice_loss(oh, oh.flip(1)).item() == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(ShapeError, match="integers"):
+        one_hot(labels.float(), [1])
+
+
+def test_registration_loss_terms():
+    torch.manual_seed(0)
+    fixed, warped = torch.rand(2, 2, 1, 8, 8)
+    flow = 0.01 * torch.randn(2, 2, 8, 8)
+    oh = one_hot(torch.randint(0, 3, (2, 1, 8, 8)), [1, 2])
+    loss = RegistrationLoss(reg_param=0.5, seg_param=0.25)
+    total, terms = loss(fixed, warped, flow, oh, oh)
+    expected = terms["similarity"] + 0.5 * terms["smoothness"] + 0.25 * terms["dice"]
+    torch.testing.assert_close(total, expected)
+    total, terms = RegistrationLoss()(fixed, warped, flow)
+    assert set(terms) == {"similarity", "smoothness"}
+
+
+@pytest.mark.parametrize("kwargs, key", [({"similarity": "l1"}, "similarity"), ({"reg_param": -1}, "reg_param"),
+                                         ({"seg_param": "a"}, "seg_param")])
+def test_registration_loss_config_errors(kwargs, key):
+    with pytest.raises(ConfigError, match=key):
+        RegistrationLoss(**kwargs)

@@ -1,0 +1,133 @@
+"""FNOReg: shapes at several resolutions, resolution transfer, parameter counts, identity start."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import FNOReg, build_model, count_parameters, warp
+from utils.errors import ShapeError
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+PRESETS_2D = ["small", "medium", "large"]
+SHAPES = {2: [(80, 96), (160, 192)], 3: [(40, 48, 56), (80, 96, 112)]}
+
+
+@pytest.fixture(scope="module")
+def presets():
+    """Every preset built once (the 3D one has about 98 M parameters)."""
+    torch.manual_seed(0)
+    models = {name: build_model("fnoreg", {"preset": name}, 2) for name in PRESETS_2D}
+    models["3d"] = build_model("fnoreg", {"preset": "3d"}, 3)
+    for m in models.values():
+        m.eval()
+    return models
+
+
+def _randomise_head(model):
+    # A zero-initialised head outputs exactly zero; give it weights so shape/finiteness mean something.
+    torch.nn.init.normal_(model.projection[-1].weight, std=0.1)
+
+
+@pytest.mark.parametrize("preset", PRESETS_2D + ["3d"])
+def test_output_shape_and_finite_at_every_resolution(presets, preset):
+    model = presets[preset]
+    _randomise_head(model)
+    dim = model.dim
+    for shape in SHAPES[dim]:
+        x = torch.rand(1, 1, *shape)
+        with torch.inference_mode():
+            flow = model(x, torch.rand(1, 1, *shape))
+        assert flow.shape == (1, dim, *shape)
+        assert torch.isfinite(flow).all()
+        assert flow.abs().max() > 0
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_same_weights_run_at_another_resolution(dim):
+    torch.manual_seed(0)
+    n_modes = [8, 10] if dim == 2 else [8, 10, 12]
+    model = FNOReg(dim, 8, 16, 2, n_modes, head_init="default").eval()
+    low, high = SHAPES[dim]
+    fixed = torch.rand(1, 1, *high)
+    moving = torch.roll(fixed, 3, dims=2)
+    with torch.inference_mode():
+        flow_high = model(moving, fixed)
+        # Built and run at one resolution, the same module runs at half of it too.
+        down = [torch.nn.functional.interpolate(t, size=low, mode="bilinear" if dim == 2 else "trilinear")
+                for t in (moving, fixed)]
+        flow_low = model(*down)
+    assert flow_high.shape[2:] == high and flow_low.shape[2:] == low
+    assert not any(isinstance(b, torch.Tensor) and b.shape[-dim:] in (low, high) for b in model.buffers())
+
+
+def test_untrained_model_is_identity():
+    torch.manual_seed(0)
+    model = build_model("fnoreg", {"preset": "small"}, 2).eval()
+    fixed, moving = torch.rand(2, 1, 1, 80, 96)
+    with torch.inference_mode():
+        flow = model(moving, fixed)
+    assert torch.count_nonzero(flow) == 0
+    torch.testing.assert_close(warp(moving, flow), moving, atol=2e-5, rtol=0)
+
+
+def test_zero_head_still_learns():
+    torch.manual_seed(0)
+    model = FNOReg(2, 8, 16, 1, [8, 10])
+    flow = model(torch.rand(2, 1, 32, 40), torch.rand(2, 1, 32, 40))
+    flow.pow(2).sum().backward()  # zero output -> zero grad of the head weight, so probe a linear loss
+    model.zero_grad()
+    flow = model(torch.rand(2, 1, 32, 40), torch.rand(2, 1, 32, 40))
+    flow.sum().backward()
+    assert model.projection[-1].weight.grad.abs().sum() > 0
+
+
+def _readme_counts():
+    text = README.read_text() if README.exists() else ""
+    table = {}
+    for name, count in re.findall(r"\|\s*`?fnoreg/(\w+)`?\s*\|[^|\n]*\|\s*([\d,]+)\s*\|", text):
+        table[name] = int(count.replace(",", ""))
+    return table
+
+
+@pytest.mark.parametrize("preset", PRESETS_2D + ["3d"])
+def test_parameter_count_matches_readme(presets, preset):
+    count = count_parameters(presets[preset])
+    print(f"fnoreg/{preset}: {count:,} parameters")
+    documented = _readme_counts()
+    assert preset in documented, f"README.md must document the parameter count of fnoreg/{preset}"
+    assert count == documented[preset]
+
+
+def test_complex_weights_count_twice():
+    model = FNOReg(2, 4, 4, 1, [4, 4], factorization="dense")
+    spectral = model.layers[0].spectral
+    n_complex = sum(p.numel() for p in spectral.parameters() if p.is_complex())
+    n_real = sum(p.numel() for p in model.parameters() if not p.is_complex())
+    assert n_complex == 4 * 4 * 4 * 3
+    assert count_parameters(model) == 2 * n_complex + n_real
+
+
+def test_dense_and_tucker_factorisations():
+    tucker = FNOReg(2, 16, 32, 1, [40, 48], factorization="tucker", rank=0.42)
+    dense = FNOReg(2, 16, 32, 1, [40, 48], factorization="dense")
+    n_t = count_parameters(tucker.layers[0].spectral)
+    n_d = count_parameters(dense.layers[0].spectral)
+    assert n_d == 2 * 16 * 16 * 40 * 25
+    assert 0.35 < n_t / n_d < 0.5
+
+
+@pytest.mark.parametrize(
+    "moving, fixed, message",
+    [
+        (torch.rand(1, 1, 32, 40), torch.rand(1, 1, 32, 48), "same batch size and spatial shape"),
+        (torch.rand(1, 2, 32, 40), torch.rand(1, 1, 32, 40), "2 channels"),
+        (torch.rand(1, 1, 32, 40, 8), torch.rand(1, 1, 32, 40, 8), "2D"),
+        (torch.rand(32, 40), torch.rand(32, 40), "expected (batch, channels, *spatial)"),
+    ],
+)
+def test_bad_inputs_name_the_problem(moving, fixed, message):
+    model = FNOReg(2, 4, 4, 1, [4, 4])
+    with pytest.raises(ShapeError, match=re.escape(message)):
+        model(moving, fixed)

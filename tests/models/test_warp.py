@@ -1,0 +1,95 @@
+"""Spatial transformer: identity, known shifts along every axis, affine fields, labels."""
+
+import pytest
+import torch
+
+from models import identity_grid, to_normalised_units, to_pixel_units, warp
+from utils.errors import ShapeError
+
+SHAPES = {2: (12, 16), 3: (10, 12, 14)}
+
+
+def _point_image(shape, where, dtype=torch.float32):
+    img = torch.zeros(1, 1, *shape, dtype=dtype)
+    img[(0, 0, *where)] = 1
+    return img
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_zero_field_is_identity(dim):
+    shape = SHAPES[dim]
+    img64 = torch.rand(2, 3, *shape, dtype=torch.float64)
+    zero64 = torch.zeros(2, dim, *shape, dtype=torch.float64)
+    torch.testing.assert_close(warp(img64, zero64), img64, atol=1e-12, rtol=0)
+    img = img64.float()
+    torch.testing.assert_close(warp(img, zero64.float()), img, atol=2e-5, rtol=0)
+    labels = torch.randint(0, 20, (2, 1, *shape))
+    assert torch.equal(warp(labels, zero64.float()), labels)
+
+
+@pytest.mark.parametrize("dim, axis", [(2, 0), (2, 1), (3, 0), (3, 1), (3, 2)])
+@pytest.mark.parametrize("pixels", [2, -3])
+def test_constant_field_moves_pattern_along_its_axis(dim, axis, pixels):
+    shape = SHAPES[dim]
+    src = [5] * dim
+    img = _point_image(shape, src)
+    flow_px = torch.zeros(1, dim, *shape)
+    flow_px[:, axis] = pixels
+    out = warp(img, to_normalised_units(flow_px))
+    # Pull warp: out(x) = img(x + u), so the bright pixel appears at src - u along `axis` only.
+    expected = list(src)
+    expected[axis] -= pixels
+    peak = torch.nonzero(out[0, 0] > 0.999).tolist()
+    assert peak == [expected]
+    assert out.sum().item() == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_affine_field_scales_coordinates(dim):
+    # u(x) = 0.5 * x in normalised units maps x to 1.5 x: a point at normalised p appears at p / 1.5.
+    shape = tuple(2 * n + 1 for n in SHAPES[dim])  # odd sizes: the centre is a pixel
+    centre = [n // 2 for n in shape]
+    offset = [3, -2, 4][:dim]
+    src = [c + 3 * o for c, o in zip(centre, offset)]
+    img = _point_image(shape, src)
+    flow = 0.5 * identity_grid(shape).unsqueeze(0)
+    out = warp(img, flow)
+    expected = [c + 2 * o for c, o in zip(centre, offset)]
+    assert torch.nonzero(out[0, 0] > 0.999).tolist() == [expected]
+
+
+def test_pixel_unit_conversion_uses_each_axis_length():
+    flow = torch.ones(1, 3, 5, 9, 17)
+    px = to_pixel_units(flow)
+    assert [px[0, c].unique().item() for c in range(3)] == [2.0, 4.0, 8.0]
+    torch.testing.assert_close(to_normalised_units(px), flow)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_labels_stay_integers(dim):
+    shape = SHAPES[dim]
+    labels = torch.randint(0, 36, (2, 1, *shape), dtype=torch.int16)
+    flow = 0.1 * torch.randn(2, dim, *shape)
+    out = warp(labels, flow, mode="bilinear")
+    assert out.dtype == torch.int16
+    assert set(out.unique().tolist()) <= set(labels.unique().tolist()) | {0}
+
+
+def test_batch_of_one_broadcasts():
+    img = torch.rand(1, 1, 8, 8)
+    flow = torch.zeros(3, 2, 8, 8)
+    assert warp(img, flow).shape == (3, 1, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "image, flow, message",
+    [
+        (torch.rand(1, 1, 8, 8), torch.zeros(1, 3, 8, 8), "3 channels but 2 spatial axes"),
+        (torch.rand(1, 1, 8, 9), torch.zeros(1, 2, 8, 8), "does not match"),
+        (torch.rand(1, 1, 8, 8, 8), torch.zeros(1, 2, 8, 8), "2D spatial axes"),
+        (torch.rand(2, 1, 8, 8), torch.zeros(3, 2, 8, 8), "batch"),
+    ],
+)
+def test_bad_shapes_are_named(image, flow, message):
+    with pytest.raises(ShapeError, match=message):
+        warp(image, flow)
