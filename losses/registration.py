@@ -53,6 +53,6 @@ class RegistrationLoss:
         if self.uses_labels:
             if fixed_onehot is None or warped_onehot is None:
                 raise ConfigError("seg_param > 0 needs label maps for every training subject; set seg_param to 0")
-            terms["dice"] = soft_dice_loss(fixed_onehot, warped_onehot)
-            total = total + self.seg_param * terms["dice"]
+            terms["dice_loss"] = soft_dice_loss(fixed_onehot, warped_onehot)
+            total = total + self.seg_param * terms["dice_loss"]
         return total, terms

@@ -71,7 +71,7 @@ def test_registration_loss_terms():
     oh = one_hot(torch.randint(0, 3, (2, 1, 8, 8)), [1, 2])
     loss = RegistrationLoss(reg_param=0.5, seg_param=0.25)
     total, terms = loss(fixed, warped, flow, oh, oh)
-    expected = terms["similarity"] + 0.5 * terms["smoothness"] + 0.25 * terms["dice"]
+    expected = terms["similarity"] + 0.5 * terms["smoothness"] + 0.25 * terms["dice_loss"]
     torch.testing.assert_close(total, expected)
     total, terms = RegistrationLoss()(fixed, warped, flow)
     assert set(terms) == {"similarity", "smoothness"}

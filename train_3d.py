@@ -1,0 +1,9 @@
+"""Train a 3D registration model: `python train_3d.py --config_file CONFIG [--gpu_num K] [--exp_num N] [--ckpt_epoch E] [--size S]`."""
+
+import sys
+
+from utils.cli import run_cli
+from utils.training import train_main
+
+if __name__ == "__main__":
+    sys.exit(run_cli(lambda argv: train_main(3, argv)))

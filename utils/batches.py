@@ -1,0 +1,94 @@
+"""A split's subjects on the compute device at one resolution, and pair batches drawn from it.
+
+The subjects are read once; here they are resized on the device in chunks (images linearly,
+labels by nearest neighbour) and kept there when they fit, so a batch is an index operation,
+not a file read. When the device is short of memory they stay on the CPU and each batch is
+copied over.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from data.resize import resize_images, resize_labels
+
+
+def _fits_on(device, n_bytes, fraction=0.4):
+    if torch.device(device).type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return n_bytes < fraction * free
+
+
+def _resize_in_chunks(x, shape, fn, device, store, chunk=32, **kw):
+    out = []
+    for start in range(0, x.shape[0], chunk):
+        part = x[start : start + chunk].to(device, non_blocking=True)
+        out.append(fn(part, shape, **kw).to(store))
+    return torch.cat(out) if out else x
+
+
+@dataclass
+class PairBatch:
+    """One batch of registration pairs (labels None where the split has none)."""
+
+    moving: torch.Tensor
+    fixed: torch.Tensor
+    moving_labels: torch.Tensor = None
+    fixed_labels: torch.Tensor = None
+    has_labels: torch.Tensor = None  # (B,) both subjects of the pair have label maps
+
+
+class DeviceSplit:
+    """A :class:`data.dataset.RegistrationSplit` resized to ``shape`` and placed for ``device``.
+
+    Parameters
+    ----------
+    split : data.dataset.RegistrationSplit
+        Subjects at their native resolution on the CPU.
+    shape : tuple of int
+        Spatial shape to work at (the native shape: no resizing).
+    device : torch.device
+        Where batches are needed.
+    antialias : bool
+        Low-pass images before downsampling (off by default, as published).
+    """
+
+    def __init__(self, split, shape, device, antialias=False):
+        self.split = split
+        self.shape = tuple(shape)
+        self.device = torch.device(device)
+        n = split.images.shape[0]
+        voxels = n * int(torch.tensor(self.shape).prod())
+        n_bytes = voxels * (4 + (8 if split.labels is not None else 0))
+        self.store = self.device if _fits_on(self.device, n_bytes) else torch.device("cpu")
+        self.images = _resize_in_chunks(split.images, self.shape, resize_images, self.device, self.store,
+                                        antialias=antialias)
+        self.labels = None
+        if split.labels is not None:
+            self.labels = _resize_in_chunks(split.labels, self.shape, resize_labels, self.device, self.store).long()
+        self.has_labels = split.has_labels.to(self.store)
+        self.pairs = split.pairs
+
+    def __len__(self):
+        return self.pairs.shape[0]
+
+    def batch(self, pair_indices):
+        """Gather the pairs ``pair_indices`` (1D tensor of rows of ``pairs``) onto the device."""
+        rows = self.pairs[pair_indices]
+        mov, fix = rows[:, 0].to(self.store), rows[:, 1].to(self.store)
+
+        def take(t, idx):
+            return t[idx].to(self.device, non_blocking=True)
+
+        out = PairBatch(take(self.images, mov), take(self.images, fix))
+        if self.labels is not None:
+            out.moving_labels, out.fixed_labels = take(self.labels, mov), take(self.labels, fix)
+            out.has_labels = take(self.has_labels, mov) & take(self.has_labels, fix)
+        return out
+
+    def batches(self, batch_size):
+        """Iterate over all pairs in order, ``batch_size`` at a time: yields (pair indices, PairBatch)."""
+        for start in range(0, len(self), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(self)))
+            yield idx, self.batch(idx)

@@ -1,0 +1,109 @@
+"""Checkpoints: atomic writes, ``weights_only`` loads, and models that carry their own config.
+
+A checkpoint (``checkpoints/ckpt_epoch<E>.pt``) holds everything a resume needs: model,
+optimizer and LR-schedule states, RNG states, the epoch counter, the step inside the epoch
+(non-zero only for a checkpoint written on interruption) and the metric history. Final weights
+(``weights.pth``) hold the model state and the model name and config that rebuild it.
+Everything is stored as tensors, numbers, strings, lists and dicts, so ``torch.load`` runs with
+``weights_only=True``.
+"""
+
+import re
+from pathlib import Path
+
+import torch
+
+from models.registry import build_model
+from utils.errors import UserError
+from utils.fileio import atomic_torch_save
+
+_CKPT = re.compile(r"^ckpt_epoch(\d+)\.pt$")
+
+
+def checkpoint_path(folder, epoch):
+    return Path(folder) / "checkpoints" / f"ckpt_epoch{epoch}.pt"
+
+
+def list_checkpoint_epochs(folder):
+    """Sorted epochs that have a checkpoint in ``folder/checkpoints``."""
+    ckpt_dir = Path(folder) / "checkpoints"
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in ckpt_dir.iterdir() if (m := _CKPT.match(p.name)))
+
+
+def save_checkpoint(folder, epoch, state):
+    """Write ``state`` as the checkpoint of ``epoch`` atomically; returns its path."""
+    path = checkpoint_path(folder, epoch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(state, path)
+    return path
+
+
+def _load(path, what):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} does not exist") from None
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged or foreign file
+        raise UserError(f"{what} {path} cannot be read ({type(exc).__name__}: {exc}); it may be damaged") from None
+
+
+def load_checkpoint(folder, epoch):
+    """Load the checkpoint of ``epoch``; a missing one is a UserError listing those that exist."""
+    path = checkpoint_path(folder, epoch)
+    if not path.is_file():
+        epochs = list_checkpoint_epochs(folder)
+        have = ", ".join(map(str, epochs)) if epochs else "none"
+        raise UserError(f"no checkpoint for epoch {epoch} in {path.parent} (existing checkpoint epochs: {have})")
+    return _load(path, "checkpoint")
+
+
+def weights_payload(model, epoch, train_size):
+    """What ``weights.pth`` holds: the state and the config that rebuilds the model."""
+    module = getattr(model, "module", model)
+    return {
+        "model_name": module.model_name,
+        "model_config": module.model_config,
+        "state_dict": module.state_dict(),
+        "epoch": epoch,
+        "train_size": list(train_size),
+    }
+
+
+def save_weights(folder, model, epoch, train_size):
+    """Write the final ``weights.pth`` atomically."""
+    path = Path(folder) / "weights.pth"
+    atomic_torch_save(weights_payload(model, epoch, train_size), path)
+    return path
+
+
+def load_model(folder, ckpt_epoch=None, device="cpu"):
+    """Rebuild an experiment's model from its final weights or the checkpoint of ``ckpt_epoch``.
+
+    Returns
+    -------
+    model : torch.nn.Module
+        In eval mode, on ``device``.
+    info : dict
+        ``checkpoint`` (a tag such as "final" or "epoch20"), ``epoch``, ``train_size``, ``path``.
+    """
+    folder = Path(folder)
+    if ckpt_epoch is None:
+        path = folder / "weights.pth"
+        if not path.is_file():
+            epochs = list_checkpoint_epochs(folder)
+            hint = f"pass --ckpt_epoch (existing checkpoint epochs: {', '.join(map(str, epochs))})" if epochs else \
+                "the experiment has no checkpoints yet"
+            raise UserError(f"{path} does not exist: training has not finished; {hint}")
+        payload, tag = _load(path, "weights file"), "final"
+    else:
+        payload, tag = load_checkpoint(folder, ckpt_epoch), f"epoch{ckpt_epoch}"
+        path = checkpoint_path(folder, ckpt_epoch)
+    model_state = payload["state_dict"] if "state_dict" in payload else payload["model"]
+    dim = payload["model_config"]["dim"]
+    model = build_model(payload["model_name"], payload["model_config"], dim)
+    model.load_state_dict(model_state)
+    model.to(device).eval()
+    info = {"checkpoint": tag, "epoch": payload.get("epoch"), "train_size": payload.get("train_size"), "path": str(path)}
+    return model, info

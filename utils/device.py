@@ -1,0 +1,33 @@
+"""Device selection for ``--gpu_num``."""
+
+import sys
+
+import torch
+
+
+def select_device(gpu_num, quiet=False):
+    """``cuda:<gpu_num>`` when CUDA has that GPU; the CPU for -1 or when CUDA is absent.
+
+    Falling back to the CPU prints one line, so a run on the wrong device is never silent.
+    An index beyond the visible GPUs is a ValueError naming how many there are.
+    """
+    if gpu_num is None or gpu_num < 0:
+        if not quiet:
+            print("notice: running on the CPU (--gpu_num -1)", file=sys.stderr)
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        if not quiet:
+            print(f"notice: CUDA is not available; running on the CPU instead of cuda:{gpu_num}", file=sys.stderr)
+        return torch.device("cpu")
+    count = torch.cuda.device_count()
+    if gpu_num >= count:
+        from utils.errors import UserError
+
+        raise UserError(f"--gpu_num {gpu_num} but only {count} GPU(s) are visible (0..{count - 1}); pick one or -1")
+    return torch.device(f"cuda:{gpu_num}")
+
+
+def synchronize(device):
+    """Wait for queued work on ``device`` (a no-op on the CPU); needed for honest timings."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,198 @@
+"""Numbered experiment folders and their ``metadata.json``.
+
+Layout of ``experiments/<2d|3d>/exp<N>/``::
+
+    config.json          resolved config (what a restart reads; the user may edit it)
+    metadata.json        exp_num, description, model_name, n_params, dim, train_size, runs, ...
+    history.json         per-epoch metrics of the current run (also inside every checkpoint)
+    logs/run<k>/         TensorBoard events of run k (a restart starts run k+1; a resume continues k)
+    checkpoints/ckpt_epoch<E>.pt
+    weights.pth          final weights, with the model config that rebuilds them
+    plots/               validation Dice and losses against epochs (PNG)
+    previous_runs/run<k>/  checkpoints, weights, plots and history of runs replaced by a restart
+    eval/                evaluation outputs
+
+The experiments root is ``experiments/`` beside this package, or ``$FNOREG_EXPERIMENTS_DIR``.
+Numbers are claimed with an atomic ``mkdir``, so two runs started at the same moment never
+share a folder.
+"""
+
+import datetime
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from utils.errors import UserError
+from utils.fileio import read_json, write_json
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+_EXP = re.compile(r"^exp(\d+)$")
+RUN_ARTEFACTS = ("checkpoints", "weights.pth", "plots", "history.json")
+
+
+def experiments_root(dim):
+    """Folder holding the ``exp<N>`` folders of ``dim``-D experiments."""
+    base = Path(os.environ.get("FNOREG_EXPERIMENTS_DIR", REPO_ROOT / "experiments"))
+    return base / f"{dim}d"
+
+
+def list_experiments(dim):
+    """Sorted experiment numbers that exist for ``dim``."""
+    root = experiments_root(dim)
+    if not root.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in root.iterdir() if p.is_dir() and (m := _EXP.match(p.name)))
+
+
+def create_experiment(dim):
+    """Claim the next free experiment number; returns ``(exp_num, folder)``."""
+    root = experiments_root(dim)
+    root.mkdir(parents=True, exist_ok=True)
+    number = (max(list_experiments(dim)) + 1) if list_experiments(dim) else 1
+    while True:
+        folder = root / f"exp{number}"
+        try:
+            folder.mkdir()  # atomic: exactly one concurrent caller succeeds
+            return number, folder
+        except FileExistsError:
+            number += 1
+
+
+def experiment_dir(dim, exp_num):
+    """Folder of an existing experiment, or a UserError listing the ones that exist."""
+    folder = experiments_root(dim) / f"exp{exp_num}"
+    if not (folder / "config.json").is_file():
+        existing = list_experiments(dim)
+        have = ", ".join(map(str, existing)) if existing else "none yet"
+        raise UserError(
+            f"experiment {exp_num} not found in {experiments_root(dim)} (existing {dim}D experiments: {have}); "
+            f"start one with train_{dim}d.py --config_file CONFIG"
+        )
+    return folder
+
+
+def now():
+    """Local time, ISO 8601 with offset, to the second."""
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def software_versions():
+    """Versions of the pieces that decide the numbers."""
+    import numpy
+    import torch
+
+    try:
+        from importlib.metadata import version
+
+        neuralop = version("neuraloperator")
+    except Exception:  # noqa: BLE001 - metadata may be missing in odd installs
+        neuralop = None
+    return {"python": platform.python_version(), "torch": torch.__version__, "neuraloperator": neuralop,
+            "numpy": numpy.__version__}
+
+
+def git_commit():
+    """Commit of the code that runs, with ``-dirty`` when it has uncommitted changes; None outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def read_metadata(folder):
+    """Parsed ``metadata.json`` of an experiment folder."""
+    return read_json(Path(folder) / "metadata.json", what="metadata file")
+
+
+def write_metadata(folder, metadata):
+    write_json(Path(folder) / "metadata.json", metadata)
+
+
+def new_metadata(exp_num, config, n_params, train_size, device):
+    """The metadata of a freshly created experiment (no runs yet)."""
+    return {
+        "exp_num": exp_num,
+        "description": config["description"],
+        "model_name": config["model_name"],
+        "n_params": n_params,
+        "dim": config["dim"],
+        "train_size": list(train_size),
+        "created": now(),
+        "runs": [],
+        "versions": software_versions(),
+        "git_commit": git_commit(),
+        "device": str(device),
+    }
+
+
+def start_run(folder, kind, start_epoch, device, train_size=None, n_params=None):
+    """Append a run entry (``kind``: start / restart / resume) with status ``running``; returns its index."""
+    meta = read_metadata(folder)
+    run = {
+        "kind": kind,
+        "start_time": now(),
+        "end_time": None,
+        "start_epoch": start_epoch,
+        "end_epoch": None,
+        "status": "running",
+        "device": str(device),
+        "host": socket.gethostname(),
+        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "git_commit": git_commit(),
+    }
+    meta["runs"].append(run)
+    meta["device"] = str(device)
+    meta["versions"] = software_versions()
+    meta["git_commit"] = run["git_commit"]
+    if train_size is not None:
+        meta["train_size"] = list(train_size)
+    if n_params is not None:
+        meta["n_params"] = n_params
+    write_metadata(folder, meta)
+    return len(meta["runs"]) - 1
+
+
+def end_run(folder, index, status, end_epoch, message=None):
+    """Close run ``index`` with ``status`` (finished / interrupted / failed)."""
+    meta = read_metadata(folder)
+    run = meta["runs"][index]
+    run.update(end_time=now(), end_epoch=end_epoch, status=status)
+    if message:
+        run["message"] = message
+    write_metadata(folder, meta)
+
+
+def log_run_number(folder):
+    """Number k of the TensorBoard folder ``logs/run<k>`` for the current start (1 + restarts)."""
+    meta = read_metadata(folder)
+    return sum(1 for r in meta["runs"] if r["kind"] in ("start", "restart"))
+
+
+def archive_previous_run(folder):
+    """Move the artefacts of the current run into ``previous_runs/run<k>/`` before a restart.
+
+    TensorBoard logs stay where they are (each run has its own ``logs/run<k>``), so old and new
+    curves can be compared in one TensorBoard view. Returns the archive folder, or None if the
+    experiment had nothing to archive.
+    """
+    folder = Path(folder)
+    present = [name for name in RUN_ARTEFACTS if (folder / name).exists()]
+    if not present:
+        return None
+    k = 1
+    while (folder / "previous_runs" / f"run{k}").exists():
+        k += 1
+    target = folder / "previous_runs" / f"run{k}"
+    target.mkdir(parents=True)
+    for name in present:
+        shutil.move(str(folder / name), str(target / name))
+    return target

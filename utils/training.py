@@ -1,0 +1,462 @@
+"""Training: the loop behind ``train_2d.py`` and ``train_3d.py`` (one code path for both).
+
+Modes, chosen by the flags (see ``utils.cli.train_parser``):
+
+- ``--config_file C``: a new experiment with the next free number.
+- ``--exp_num N``: restart experiment N from scratch with the ``config.json`` stored in its
+  folder; the previous run's checkpoints, weights, plots and history move to
+  ``previous_runs/run<k>/`` and its TensorBoard logs stay in ``logs/run<k>/``.
+- ``--exp_num N --ckpt_epoch E``: resume from the checkpoint of epoch E (model, optimizer, LR
+  schedule, RNG, epoch and step counters, metric history); TensorBoard continues the same run.
+
+Determinism: the order of training pairs in epoch ``e`` is a permutation drawn from a generator
+seeded with ``(seed, e)`` alone, and checkpoints hold every other piece of state, so on the CPU
+training E epochs in one go and training with a resume half-way give identical weights.
+An interruption (Ctrl-C, SIGTERM) stops at the next step boundary and writes a checkpoint of the
+current epoch that records how many of its steps were done; resuming from it continues that
+epoch exactly where it stopped.
+"""
+
+import dataclasses
+import math
+import signal
+import sys
+import time
+from contextlib import contextmanager
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from data.dataset import load_splits
+from data.resize import shape_for_size
+from losses import RegistrationLoss, one_hot
+from models import build_model, count_parameters, to_pixel_units, warp
+from utils import experiment as xp
+from utils.batches import DeviceSplit
+from utils.checkpoint import list_checkpoint_epochs, load_checkpoint, save_checkpoint, save_weights
+from utils.config import load_config, resolve_config
+from utils.device import select_device
+from utils.distributed import any_rank, barrier, broadcast_object, init_distributed, shutdown
+from utils.errors import ConfigError, UserError
+from utils.fileio import read_json, write_json
+from utils.metrics import folding_percent, mean_dice
+from utils.plotting import TRAIN_COLUMNS, plot_history, registration_panel
+
+EXIT_INTERRUPTED = 130
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def _schedule(optimizer, cfg, epochs):
+    spec = cfg["lr_schedule"]
+    if spec is None:
+        return None
+    kind = spec["type"]
+    if kind == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, spec["step_size"], spec["gamma"])
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs, eta_min=spec["min_lr"])
+    return torch.optim.lr_scheduler.ExponentialLR(optimizer, spec["gamma"])
+
+
+def epoch_order(n_pairs, batch_size, steps_per_epoch, seed, epoch):
+    """Pair indices of epoch ``epoch`` in training order, as a (steps, batch) tensor.
+
+    Drawn from a generator seeded by ``(seed, epoch)`` only, so any epoch can be replayed. With
+    ``steps_per_epoch`` the permutation is extended with further permutations when needed.
+    An incomplete last batch is dropped (one pass over 40,200 2D pairs in batches of 8 is 5,025 steps).
+    """
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    batch = min(batch_size, n_pairs)
+    steps = steps_per_epoch or max(1, n_pairs // batch)
+    need = steps * batch
+    perms = [torch.randperm(n_pairs, generator=gen) for _ in range(math.ceil(need / n_pairs))]
+    return torch.cat(perms)[:need].view(steps, batch)
+
+
+class _StopFlag:
+    """Set by SIGINT / SIGTERM; a second Ctrl-C aborts at once."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __call__(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name} received: finishing the current step and saving a checkpoint "
+              "(Ctrl-C again to abort without saving)", file=sys.stderr)
+
+
+@contextmanager
+def _catch_signals(flag):
+    old = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+class Trainer:
+    """Everything one training run needs, set up from the command-line arguments.
+
+    Parameters
+    ----------
+    dim : int
+        2 or 3.
+    args : argparse.Namespace
+        ``config_file``, ``gpu_num``, ``exp_num``, ``ckpt_epoch``, ``size``.
+    """
+
+    def __init__(self, dim, args):
+        self.dim = dim
+        self.dist = init_distributed(use_cuda=args.gpu_num is not None and args.gpu_num >= 0
+                                     and torch.cuda.is_available())
+        self.main = self.dist.is_main
+        if self.dist.enabled and torch.cuda.is_available() and args.gpu_num >= 0:
+            self.device = torch.device(f"cuda:{self.dist.local_rank}")
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = select_device(args.gpu_num, quiet=not self.main)
+        self._resolve_mode(args)
+        tc = self.config["train_config"]
+        if tc["batch_size"] % self.dist.world_size:
+            raise ConfigError(f"train_config.batch_size {tc['batch_size']} must be divisible by the number of "
+                              f"processes ({self.dist.world_size})")
+
+        # Validate the data before any folder is created, so a bad path leaves nothing behind.
+        splits = load_splits(self.config["data_config"], dim, ("train", "val"))
+        full_shape = tuple(splits["train"].images.shape[2:])
+        self.train_shape = shape_for_size(tc["size"], full_shape) if tc["size"] else full_shape
+        if self.resume_state is not None and tuple(self.resume_state["train_size"]) != self.train_shape:
+            raise UserError(f"checkpoint was trained at {tuple(self.resume_state['train_size'])} but --size gives "
+                            f"{self.train_shape}; resume without --size or restart the experiment")
+        antialias = self.config["data_config"]["antialias"]
+        self.train = DeviceSplit(splits["train"], self.train_shape, self.device, antialias)
+        self.val = DeviceSplit(splits["val"], self.train_shape, self.device, antialias) if len(splits["val"].pairs) \
+            else None
+        self.loss_fn = RegistrationLoss(tc["similarity"], tc["reg_param"], tc["seg_param"], tc["ncc_window"])
+        if self.loss_fn.uses_labels and (self.train.labels is None or not bool(self.train.has_labels.all())):
+            raise ConfigError("train_config.seg_param > 0 needs a label map for every training subject; "
+                              "set seg_param to 0 or use a label scheme the data has")
+        self.label_ids = splits["train"].label_ids
+
+        torch.manual_seed(tc["seed"])
+        self.model = build_model(self.config["model_name"], self.config["model_config"], dim).to(self.device)
+        self.n_params = count_parameters(self.model)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc["lr"])
+        self.scheduler = _schedule(self.optimizer, tc, tc["epochs"])
+        self.history = {}
+        self.start_epoch, self.start_step, self.partial_sums = 0, 0, None
+        if self.resume_state is not None:
+            self._load_state(self.resume_state)
+        self.net = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+        self._prepare_folder()
+
+    # ----------------------------------------------------------------------------- setup
+    def _resolve_mode(self, args):
+        self.resume_state = None
+        if args.exp_num is None:
+            if args.ckpt_epoch is not None:
+                raise UserError("--ckpt_epoch needs --exp_num (the experiment to resume)")
+            if not args.config_file:
+                raise UserError("give --config_file CONFIG for a new experiment, or --exp_num N to restart one")
+            self.config, _ = load_config(args.config_file, self.dim)
+            self.mode, self.folder, self.exp_num = "start", None, None
+        else:
+            if args.config_file:
+                raise UserError(f"--exp_num {args.exp_num} uses the config.json stored in its folder; drop "
+                                "--config_file (edit that config.json to change settings)")
+            self.folder = xp.experiment_dir(self.dim, args.exp_num)
+            self.exp_num = args.exp_num
+            path = self.folder / "config.json"
+            self.config = resolve_config(read_json(path), self.dim, source=str(path))
+            self.mode = "restart" if args.ckpt_epoch is None else "resume"
+            if args.ckpt_epoch is not None:
+                self.resume_state = load_checkpoint(self.folder, args.ckpt_epoch)
+        if args.size is not None:
+            self.config["train_config"]["size"] = args.size
+
+    def _prepare_folder(self):
+        if self.main:
+            if self.mode == "start":
+                self.exp_num, self.folder = xp.create_experiment(self.dim)
+                write_json(self.folder / "config.json", self.config)
+                xp.write_metadata(self.folder, xp.new_metadata(self.exp_num, self.config, self.n_params,
+                                                               self.train_shape, self.device))
+            elif self.mode == "restart":
+                archived = xp.archive_previous_run(self.folder)
+                if archived:
+                    print(f"restart: previous run kept in {archived}", file=sys.stderr)
+                write_json(self.folder / "config.json", self.config)
+            (self.folder / "checkpoints").mkdir(exist_ok=True)
+            self.run_index = xp.start_run(self.folder, self.mode, self.start_epoch, self.device,
+                                          self.train_shape, self.n_params)
+            if self.dist.enabled:
+                meta = xp.read_metadata(self.folder)
+                meta["runs"][-1]["world_size"] = self.dist.world_size
+                xp.write_metadata(self.folder, meta)
+        self.exp_num, self.folder = broadcast_object((self.exp_num, self.folder), self.dist)
+        self.writer = None
+        if self.main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            log_dir = self.folder / "logs" / f"run{xp.log_run_number(self.folder)}"
+            # On resume, drop events written after the checkpoint so the curves continue cleanly.
+            purge = self.start_epoch + 1 if self.mode == "resume" else None
+            self.writer = SummaryWriter(str(log_dir), purge_step=purge)
+
+    def _load_state(self, state):
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.history = state["history"]
+        self.start_epoch = state["epoch"]
+        self.start_step = state.get("step", 0)
+        self.partial_sums = state.get("epoch_sums")
+
+    def _state(self, epoch, step=0, epoch_sums=None):
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        return {
+            "model": self.model.state_dict(),
+            "model_name": self.config["model_name"],
+            "model_config": self.config["model_config"],
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng},
+            # epoch = completed epochs; step > 0: that many steps of epoch + 1 are done too.
+            "epoch": epoch,
+            "step": step,
+            "epoch_sums": epoch_sums,
+            "history": self.history,
+            "train_size": list(self.train_shape),
+            "config": self.config,
+        }
+
+    # ----------------------------------------------------------------------------- steps
+    def _loss(self, net, batch, loss_fn=None):
+        loss_fn = loss_fn or self.loss_fn
+        flow = net(batch.moving, batch.fixed)
+        warped = warp(batch.moving, flow)
+        onehots = (None, None)
+        if loss_fn.uses_labels:
+            fixed_oh = one_hot(batch.fixed_labels, self.label_ids)
+            warped_oh = warp(one_hot(batch.moving_labels, self.label_ids), flow)
+            onehots = (fixed_oh, warped_oh)
+        total, terms = loss_fn(batch.fixed, warped, flow, *onehots)
+        return total, terms, flow, warped
+
+    def _train_epoch(self, epoch, first_step, sums):
+        tc = self.config["train_config"]
+        order = epoch_order(len(self.train), tc["batch_size"], tc["steps_per_epoch"], tc["seed"], epoch)
+        rank, world = self.dist.rank, self.dist.world_size
+        self.net.train()
+        bar = tqdm(total=len(order), initial=first_step, desc=f"epoch {epoch}/{tc['epochs']}", leave=False,
+                   disable=not self.main, dynamic_ncols=True)
+        sums = sums if sums is not None else {}
+        device_sums = {k: torch.tensor(v, device=self.device, dtype=torch.float64) for k, v in sums.items()}
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        step = first_step
+        try:
+            for step in range(first_step, len(order)):
+                if any_rank(self.stop.signum is not None, self.dist):
+                    return step, self._host(device_sums), True
+                batch = self.train.batch(order[step][rank::world])
+                total, terms, _, _ = self._loss(self.net, batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                if tc["grad_clip"]:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc["grad_clip"])
+                self.optimizer.step()
+                for name, value in [("loss", total), *terms.items()]:
+                    device_sums[name] = device_sums.get(name, 0.0) + value.detach().double()
+                bad |= ~torch.isfinite(total.detach())
+                device_sums["steps"] = device_sums.get("steps", 0.0) + 1
+                # Read back to the host only every few steps: a GPU keeps running ahead meanwhile.
+                if step % 10 == 0 or step == len(order) - 1:
+                    if bool(bad):
+                        raise TrainingDiverged(f"non-finite training loss at epoch {epoch}, step {step + 1}")
+                    n = device_sums["steps"].item()
+                    bar.set_postfix(loss=f"{device_sums['loss'].item() / n:.4g}")
+                bar.update(1)
+        finally:
+            bar.close()
+        return len(order), self._host(device_sums), False
+
+    @staticmethod
+    def _host(device_sums):
+        return {k: float(v) for k, v in device_sums.items()}
+
+    @torch.inference_mode()
+    def _validate(self):
+        """Loss terms, Dice before/after and folding on the validation pairs at the training shape."""
+        tc = self.config["train_config"]
+        self.model.eval()
+        totals, n_pairs = {}, 0
+        dice_before, dice_after, folds = [], [], []
+        for _, batch in self.val.batches(tc["val_batch_size"] or tc["batch_size"]):
+            labelled = batch.has_labels is not None and bool(batch.has_labels.all())
+            # Pairs without label maps are scored on the image terms only.
+            loss_fn = self.loss_fn if labelled else dataclasses.replace(self.loss_fn, seg_param=0.0)
+            total, terms, flow, _ = self._loss(self.model, batch, loss_fn)
+            b = batch.moving.shape[0]
+            for name, value in [("loss", total), *terms.items()]:
+                totals[name] = totals.get(name, 0.0) + float(value) * b
+            n_pairs += b
+            folds.append(folding_percent(flow))
+            if batch.moving_labels is not None:
+                keep = batch.has_labels
+                warped_labels = warp(batch.moving_labels, flow)
+                dice_after.append(mean_dice(warped_labels[keep], batch.fixed_labels[keep], self.label_ids))
+                dice_before.append(mean_dice(batch.moving_labels[keep], batch.fixed_labels[keep], self.label_ids))
+        out = {k: v / n_pairs for k, v in totals.items()}
+        out["folding"] = float(torch.cat(folds).mean())
+        if dice_after and torch.cat(dice_after).numel():
+            out["dice"] = float(torch.nanmean(torch.cat(dice_after)))
+            out["dice_before"] = float(torch.nanmean(torch.cat(dice_before)))
+        return out
+
+    @torch.inference_mode()
+    def _log_panel(self, epoch):
+        self.model.eval()
+        batch = self.val.batch(torch.tensor([0]))
+        flow = self.model(batch.moving, batch.fixed)
+        warped = warp(batch.moving, flow)
+        fig = registration_panel(batch.fixed[0, 0], batch.moving[0, 0], warped[0, 0], to_pixel_units(flow)[0],
+                                 columns=TRAIN_COLUMNS, title=f"validation pair 0, epoch {epoch}")
+        self.writer.add_figure("Registration/val_pair0", fig, epoch)
+
+    # ----------------------------------------------------------------------------- loop
+    def _record(self, epoch, train_means, val, seconds):
+        h = self.history
+        lr = self.optimizer.param_groups[0]["lr"]
+        h.setdefault("epoch", []).append(epoch)
+        h.setdefault("lr", []).append(lr)
+        h.setdefault("time_s", []).append(seconds)
+        for name, value in train_means.items():
+            h.setdefault(f"train_{name}" if name != "loss" else "train_loss", []).append(value)
+        w = self.writer
+        w.add_scalar("Loss/train", train_means["loss"], epoch)
+        for name, value in train_means.items():
+            if name != "loss":
+                w.add_scalar(f"Loss/train_{name}", value, epoch)
+        w.add_scalar("LR", lr, epoch)
+        w.add_scalar("Time/epoch_s", seconds, epoch)
+        line = f"epoch {epoch}: train loss {train_means['loss']:.5g} (" + ", ".join(
+            f"{k} {v:.4g}" for k, v in train_means.items() if k != "loss") + ")"
+        if val is not None:
+            h.setdefault("val_epoch", []).append(epoch)
+            for name, value in val.items():
+                if name == "dice_before":
+                    h["initial_val_dice"] = value
+                    continue
+                h.setdefault("val_loss" if name == "loss" else f"val_{name}", []).append(value)
+            w.add_scalar("Loss/val", val["loss"], epoch)
+            for name in ("similarity", "smoothness", "dice_loss"):
+                if name in val:
+                    w.add_scalar(f"Loss/val_{name}", val[name], epoch)
+            if "dice" in val:
+                w.add_scalar("Dice/val", val["dice"], epoch)
+            w.add_scalar("Folding/val", val["folding"], epoch)
+            line += f" | val loss {val['loss']:.5g}"
+            if "dice" in val:
+                line += f", Dice {val['dice']:.4f} (before {val['dice_before']:.4f})"
+            line += f", folding {val['folding']:.3f}%"
+        line += f" | lr {lr:.3g} | {seconds:.1f}s"
+        tqdm.write(line)
+        w.flush()
+        write_json(self.folder / "history.json", self.history)
+        if val is not None:
+            plot_history(self.history, self.folder / "plots", self.history.get("initial_val_dice"))
+
+    def run(self):
+        """Train to ``epochs``; returns the process exit status (0, or 130 when interrupted)."""
+        tc = self.config["train_config"]
+        self.stop = _StopFlag()
+        epoch = self.start_epoch
+        status, message = "failed", None
+        if self.main:
+            print(f"experiment {self.exp_num} ({self.dim}D): {self.folder}\n"
+                  f"model {self.config['model_name']} with {self.n_params:,} parameters, training at "
+                  f"{'x'.join(map(str, self.train_shape))} on {self.device}, {len(self.train)} training pairs",
+                  file=sys.stderr)
+        try:
+            with _catch_signals(self.stop):
+                first_step, sums = self.start_step, self.partial_sums
+                for epoch in range(self.start_epoch + 1, tc["epochs"] + 1):
+                    started = time.perf_counter()
+                    done, sums, stopped = self._train_epoch(epoch, first_step, sums)
+                    if stopped:
+                        self._save_interrupted(epoch, done, sums)
+                        status = "interrupted"
+                        return EXIT_INTERRUPTED
+                    means = {k: v / sums["steps"] for k, v in sums.items() if k != "steps"}
+                    if self.scheduler is not None:
+                        self.scheduler.step()
+                    val = None
+                    if self.main and self.val is not None and (epoch % tc["val_freq"] == 0 or epoch == tc["epochs"]):
+                        val = self._validate()
+                    if self.main:
+                        self._record(epoch, means, val, time.perf_counter() - started)
+                        if epoch % tc["image_log_freq"] == 0 or epoch == tc["epochs"]:
+                            if self.val is not None:
+                                self._log_panel(epoch)
+                        if epoch % tc["ckpt_freq"] == 0 or epoch == tc["epochs"]:
+                            save_checkpoint(self.folder, epoch, self._state(epoch))
+                    barrier(self.dist)
+                    first_step, sums = 0, None
+                if self.main:
+                    save_weights(self.folder, self.model, epoch, self.train_shape)
+                    print(f"finished: weights in {self.folder / 'weights.pth'}", file=sys.stderr)
+                status = "finished"
+                return 0
+        except TrainingDiverged as exc:
+            last = list_checkpoint_epochs(self.folder)
+            kept = f"the last good checkpoint is epoch {last[-1]}" if last else "no checkpoint was written yet"
+            message = f"{exc}; training stopped ({kept}). Lower train_config.lr or check the data."
+            if self.main:
+                print(f"error: {message}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            status, message = "interrupted", "aborted by a second Ctrl-C without saving"
+            raise
+        finally:
+            if self.main:
+                end_epoch = epoch if status == "finished" else (self.history.get("epoch") or [self.start_epoch])[-1]
+                xp.end_run(self.folder, self.run_index, status, end_epoch, message)
+                if self.writer is not None:
+                    self.writer.close()
+            shutdown(self.dist)
+
+    def _save_interrupted(self, epoch, done_steps, sums):
+        if not self.main:
+            return
+        # done_steps == 0: nothing of this epoch ran, so this is the state after epoch - 1.
+        if done_steps == 0:
+            path = save_checkpoint(self.folder, epoch - 1, self._state(epoch - 1))
+            resume_epoch = epoch - 1
+        else:
+            path = save_checkpoint(self.folder, epoch, self._state(epoch - 1, done_steps, sums))
+            resume_epoch = epoch
+        print(f"interrupted: saved {path} ({done_steps} steps of epoch {epoch} done); resume with "
+              f"--exp_num {self.exp_num} --ckpt_epoch {resume_epoch}", file=sys.stderr)
+
+
+def train_main(dim, argv=None):
+    """Entry point shared by ``train_2d.py`` and ``train_3d.py``."""
+    from utils.cli import train_parser
+
+    args = train_parser(dim).parse_args(argv)
+    return Trainer(dim, args).run()
+
