@@ -1,0 +1,169 @@
+"""Registration splits held in memory: subjects, images, labels and the pairs to register.
+
+Phantom and OASIS subjects go through the same code: a *source* lists subject ids and reads a
+set of them; :func:`load_splits` resolves the configured ranges against that list, reads every
+needed subject once, and attaches the pair protocol of each split. The tensors stay on the CPU
+at the data's native resolution; the trainer moves them to its device, resizes them there and
+gathers batches by ``pairs`` (a 2D epoch of 40,200 pairs indexes 201 slices in memory).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from data import oasis, phantom
+from data.config import validate_data_config
+from data.labels import SCHEMES
+from data.pairs import make_pairs, split_indices
+from utils.errors import DataError
+
+
+@dataclass
+class RegistrationSplit:
+    """One split of subjects, in memory, with its registration pairs.
+
+    Attributes
+    ----------
+    name : str
+        "train", "val" or "test".
+    subjects : list of str
+        Subject ids; ``subjects[i]`` is ``images[i]``.
+    images : torch.Tensor
+        ``(N, 1, *shape)`` float32 in [0, 1], CPU, native resolution.
+    labels : torch.Tensor or None
+        ``(N, 1, *shape)`` int16 label maps (0 where a subject has none); None if no subject has.
+    has_labels : torch.Tensor
+        ``(N,)`` bool: which subjects have a label map.
+    pairs : torch.Tensor
+        ``(P, 2)`` int64 ``(moving_index, fixed_index)`` rows into ``images``.
+    label_ids : list of int
+        Labels to score, background excluded (e.g. 1..24 for seg24).
+    label_names : dict of int to str
+        Name of each label id.
+    missing_label_files : list of str
+        Label files expected but absent (one per subject without labels; empty for the phantom).
+    """
+
+    name: str
+    subjects: list[str]
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    has_labels: torch.Tensor
+    pairs: torch.Tensor
+    label_ids: list[int]
+    label_names: dict[int, str]
+    missing_label_files: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Spatial shape of the images."""
+        return tuple(self.images.shape[2:])
+
+    def require_labels(self) -> None:
+        """Raise DataError naming a missing label file if any subject of the split lacks one."""
+        if self.missing_label_files:
+            n = len(self.missing_label_files)
+            raise DataError(f"split {self.name!r} needs label maps but {n} subject(s) have none, "
+                            f"e.g. {self.missing_label_files[0]} is missing; add the files or "
+                            f"choose a data_config.label_scheme the data provides")
+
+    def __repr__(self) -> str:
+        labelled = int(self.has_labels.sum())
+        return (f"RegistrationSplit({self.name!r}, {len(self.subjects)} subjects, "
+                f"{len(self.pairs)} pairs, shape {self.shape}, {labelled} labelled)")
+
+
+class _OasisSource:
+    """Subjects of a neurite-OASIS folder (or anything written in its layout)."""
+
+    def __init__(self, cfg: dict, dim: int):
+        self.root = Path(cfg["root"]).expanduser()
+        self.dim, self.scheme = dim, cfg["label_scheme"]
+        self.subjects = oasis.read_subject_list(self.root)
+        self.where = str(self.root / oasis.SUBJECT_LIST)
+        self.label_names = SCHEMES[self.scheme]
+
+    def read(self, indices: list[int], require_labels: bool):
+        ids = [self.subjects[i] for i in indices]
+        images, labels, missing = oasis.read_subjects(self.root, ids, self.dim, self.scheme,
+                                                      require_labels)
+        return images, labels, [None if m is None else str(m) for m in missing]
+
+
+class _PhantomSource:
+    """Synthetic subjects, generated on demand (subject i depends only on the seed and i)."""
+
+    def __init__(self, cfg: dict, dim: int):
+        self.params = cfg["phantom"]
+        self.dim, self.scheme = dim, cfg["label_scheme"]
+        self.subjects = phantom.subject_ids(self.params["n_subjects"])
+        self.where = "the phantom (data_config.phantom.n_subjects)"
+        self.label_names = phantom.phantom_label_names(self.scheme)
+
+    def read(self, indices: list[int], require_labels: bool):
+        images, labels = phantom.generate_phantom(indices, self.dim, self.params["shape"],
+                                                  self.params["seed"], self.scheme)
+        return images, labels, [None] * len(indices)
+
+
+def load_splits(data_config: dict, dim: int, splits=("train", "val")) -> dict[str, RegistrationSplit]:
+    """Load several splits, reading (or generating) each subject once.
+
+    Parameters
+    ----------
+    data_config : dict
+        The ``data_config`` section (validated and resolved here; see :mod:`data.config`).
+    dim : int
+        2 or 3.
+    splits : sequence of str
+        Any of "train", "val", "test".
+
+    Returns
+    -------
+    dict of str to RegistrationSplit
+        One entry per requested split. Training splits use ``train_pairs``, the others
+        ``eval_pairs``.
+
+    Raises
+    ------
+    ConfigError
+        A split range that does not fit the subject list (the message names both numbers).
+    DataError
+        Missing or malformed files; a missing label file when ``require_labels`` is set.
+    """
+    cfg = validate_data_config(data_config, dim)
+    source = _OasisSource(cfg, dim) if cfg["dataset"] == "oasis" else _PhantomSource(cfg, dim)
+    wanted = {name: split_indices(cfg["splits"], name, len(source.subjects), source.where)
+              for name in splits}
+    needed = sorted(set().union(*wanted.values()))
+    images, labels, missing = source.read(needed, cfg["require_labels"])
+    row = {index: k for k, index in enumerate(needed)}
+
+    out = {}
+    for name, indices in wanted.items():
+        rows = torch.tensor([row[i] for i in indices])
+        whole = len(indices) == len(needed)  # one split: use the tensors without a copy
+        split_missing = [missing[r] for r in rows.tolist()]
+        has = torch.tensor([m is None for m in split_missing], dtype=torch.bool)
+        protocol = cfg["train_pairs"] if name == "train" else cfg["eval_pairs"]
+        split = RegistrationSplit(
+            name=name,
+            subjects=[source.subjects[i] for i in indices],
+            images=images if whole else images[rows],
+            labels=None if not has.any() else (labels if whole else labels[rows]),
+            has_labels=has,
+            pairs=make_pairs(protocol, len(indices)),
+            label_ids=sorted(source.label_names),
+            label_names=dict(source.label_names),
+            missing_label_files=[m for m in split_missing if m is not None],
+        )
+        out[name] = split
+    return out
+
+
+def load_split(data_config: dict, dim: int, split: str) -> RegistrationSplit:
+    """Load one split ("train", "val" or "test"); see :func:`load_splits`."""
+    return load_splits(data_config, dim, (split,))[split]
