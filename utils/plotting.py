@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap, TwoSlopeNorm  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 AXIS_NAMES = {3: ("sagittal-like (axis 0)", "coronal-like (axis 1)", "axial-like (axis 2)")}
 PANEL_COLUMNS = ("fixed", "moving", "warped", "diff_before", "diff_after", "grid", "displacement", "jacobian")
@@ -153,6 +154,8 @@ def plot_history(history, out_dir, initial_dice=None):
         ax[1].plot(val_epochs, history["val_folding"], "o-", color="#d62728", ms=3)
     ax[1].set(xlabel="epoch", ylabel="% folded pixels", title="Validation folding (J < 0)")
     ax[1].grid(alpha=0.3)
+    for a in ax:
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(out_dir / "dice.png", dpi=110)
     plt.close(fig)
@@ -174,8 +177,10 @@ def plot_history(history, out_dir, initial_dice=None):
         ax.legend(fontsize=8)
     for ax in axes[0]:
         ax.grid(alpha=0.3)
-        if all(v > 0 for v in ax.get_lines()[0].get_ydata()) if ax.get_lines() else False:
-            ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        values = np.concatenate([line.get_ydata() for line in ax.get_lines()]) if ax.get_lines() else []
+        if len(values) and np.all(np.asarray(values) > 0):
+            ax.set_yscale("log")  # losses fall over orders of magnitude
     fig.tight_layout()
     fig.savefig(out_dir / "loss.png", dpi=110)
     plt.close(fig)

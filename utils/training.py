@@ -44,6 +44,7 @@ from utils.metrics import folding_percent, mean_dice
 from utils.plotting import TRAIN_COLUMNS, plot_history, registration_panel
 
 EXIT_INTERRUPTED = 130
+PLOT_INTERVAL_S = 60
 
 
 class TrainingDiverged(RuntimeError):
@@ -279,10 +280,9 @@ class Trainer:
                 if tc["grad_clip"]:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc["grad_clip"])
                 self.optimizer.step()
-                for name, value in [("loss", total), *terms.items()]:
+                for name, value in [("loss", total), *terms.items(), ("steps", torch.ones(()))]:
                     device_sums[name] = device_sums.get(name, 0.0) + value.detach().double()
                 bad |= ~torch.isfinite(total.detach())
-                device_sums["steps"] = device_sums.get("steps", 0.0) + 1
                 # Read back to the host only every few steps: a GPU keeps running ahead meanwhile.
                 if step % 10 == 0 or step == len(order) - 1:
                     if bool(bad):
@@ -377,13 +377,18 @@ class Trainer:
         tqdm.write(line)
         w.flush()
         write_json(self.folder / "history.json", self.history)
-        if val is not None:
+
+    def _plot(self, force=False):
+        # Drawing takes about a second; refresh at most every PLOT_INTERVAL_S, and always at the end.
+        if force or time.monotonic() - self._last_plot > PLOT_INTERVAL_S:
             plot_history(self.history, self.folder / "plots", self.history.get("initial_val_dice"))
+            self._last_plot = time.monotonic()
 
     def run(self):
         """Train to ``epochs``; returns the process exit status (0, or 130 when interrupted)."""
         tc = self.config["train_config"]
         self.stop = _StopFlag()
+        self._last_plot = -math.inf
         epoch = self.start_epoch
         status, message = "failed", None
         if self.main:
@@ -409,6 +414,7 @@ class Trainer:
                         val = self._validate()
                     if self.main:
                         self._record(epoch, means, val, time.perf_counter() - started)
+                        self._plot(force=epoch % tc["ckpt_freq"] == 0)
                         if epoch % tc["image_log_freq"] == 0 or epoch == tc["epochs"]:
                             if self.val is not None:
                                 self._log_panel(epoch)
@@ -417,6 +423,7 @@ class Trainer:
                     barrier(self.dist)
                     first_step, sums = 0, None
                 if self.main:
+                    self._plot(force=True)
                     save_weights(self.folder, self.model, epoch, self.train_shape)
                     print(f"finished: weights in {self.folder / 'weights.pth'}", file=sys.stderr)
                 status = "finished"
