@@ -220,12 +220,13 @@ def _cerebrum(p: torch.Tensor, prm: dict) -> torch.Tensor:
 
     # Sulci: the zero set of the folding field, plus the Sylvian fissure above the temporal
     # lobe; each is lined on both banks by a cortical ribbon of the subject's thickness.
-    to_sulcus = _distance_to_zero_set(p, prm["fold"])
+    reach = prm["sulcus_mm"][:, None]
+    thick = prm["cortex_mm"][:, None]
+    shell = inside & (depth < reach + thick)  # deeper points are white matter whatever the folds
+    to_sulcus = _at(shell, p, prm["fold"], _distance_to_zero_set, fill=float("inf"))
     sylvian = (x.abs() > 36) & (z.abs() < 35)
     to_sulcus = torch.where(sylvian, torch.minimum(to_sulcus, (y - 4 - 0.3 * (x.abs() - 36)).abs()),
                             to_sulcus)
-    reach = prm["sulcus_mm"][:, None]
-    thick = prm["cortex_mm"][:, None]
     csf = (to_sulcus < 0.6) & (depth < reach)
     cortex = (depth < thick) | ((to_sulcus < thick + 0.6) & (depth < reach + thick))
     left = x >= 0
@@ -233,6 +234,18 @@ def _cerebrum(p: torch.Tensor, prm: dict) -> torch.Tensor:
     out = torch.where(cortex, torch.where(left, _INDEX["L-cortex"], _INDEX["R-cortex"]), out)
     out = torch.where(csf, _INDEX["sulcal-CSF"], out)
     return torch.where(inside, out, 0)
+
+
+def _at(mask: torch.Tensor, p: torch.Tensor, waves: dict, fn, fill: float) -> torch.Tensor:
+    """``fn(p, waves)`` evaluated only where ``mask`` (B, M) holds (``fill`` elsewhere).
+
+    The wave fields are the costly part of a subject; most points do not need them.
+    """
+    out = torch.full(mask.shape, fill, dtype=p.dtype)
+    for b in mask.any(-1).nonzero()[:, 0].tolist():
+        sub = {k: v[b:b + 1] for k, v in waves.items()}
+        out[b, mask[b]] = fn(p[b:b + 1, mask[b]], sub)[0]
+    return out
 
 
 def _distance_to_zero_set(p: torch.Tensor, waves: dict) -> torch.Tensor:
@@ -272,12 +285,9 @@ def _paint_structures(p: torch.Tensor, prm: dict, out: torch.Tensor) -> torch.Te
     r2 = _quadric_features(p) @ prm["quadric"]  # (B, M, S)
     # Cerebellar white matter branches into the folia (only evaluated near the cerebellum).
     arbor = r2[..., list(_ARBOR)]
-    near = (arbor < 1.45 ** 2).any(-1)
-    for b in near.any(-1).nonzero()[:, 0].tolist():
-        waves = {k: v[b:b + 1] for k, v in prm["folia"].items()}
-        folia = _waves(p[b:b + 1, near[b]], waves)[0]
-        r = arbor[b, near[b]].clamp_min(0).sqrt() - 0.45 * folia
-        r2[b, near[b].nonzero()[:, :1], list(_ARBOR)] = r.clamp_min(0) ** 2
+    folia = _at((arbor < 1.45 ** 2).any(-1), p, prm["folia"],
+                lambda q, w: _waves(q, w)[..., 0], fill=0.0)
+    r2[..., list(_ARBOR)] = (arbor.clamp_min(0).sqrt() - 0.45 * folia[..., None]).clamp_min(0) ** 2
     # Later instances win: the highest (1-based) index among those containing the point.
     order = torch.arange(1, r2.shape[-1] + 1, dtype=torch.uint8)
     top = torch.where(r2 < 1, order, torch.zeros((), dtype=torch.uint8)).amax(-1).long()
@@ -299,7 +309,7 @@ def _smooth_fields(shape: tuple[int, ...], prm: dict) -> tuple[torch.Tensor, tor
     Both vary over 6 cm or more, so they are evaluated on a 4 mm grid and interpolated
     (corners aligned, same field of view): far cheaper than evaluating every voxel.
     """
-    coarse = tuple(max(2, math.ceil(f / 4)) for f in FOV_MM[:len(shape)])
+    coarse = tuple(min(n, max(2, math.ceil(f / 4))) for f, n in zip(FOV_MM, shape))
     pts = _grid_points(coarse).expand(prm["shift"].shape[0], -1, -1)
     fields = torch.cat([_waves(pts, prm["deform"]), _waves(pts, prm["bias"])], dim=-1)
     fields = fields.transpose(1, 2).reshape(-1, 4, *coarse)
@@ -380,6 +390,8 @@ def generate_phantom(indices, dim: int, shape=None, seed: int = 0,
     labels : torch.Tensor
         ``(N, 1, *shape)`` int16 label maps with neurite-OASIS ids of ``label_scheme``.
     """
+    if dim not in DEFAULT_SHAPE:
+        raise ConfigError(f"phantom dim must be 2 or 3, got {dim!r}")
     scheme = check_scheme(label_scheme or default_scheme(dim), dim, "phantom label_scheme")
     images, structures = _generate(indices, dim, shape, seed)
     return images, _label_lut(scheme)[structures]
