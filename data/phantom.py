@@ -93,6 +93,9 @@ for _s in _STRUCTURES:
         _BASE_INTENSITY.append(_s.intensity)
         _INSTANCES.append((_s, _side))
 _INDEX = {name: i for i, name in enumerate(_NAMES)}
+# Tissue of each structure index, ignoring the side (both sides get the same contrast).
+_TISSUES = sorted({n.removeprefix("L-").removeprefix("R-") for n in _NAMES})
+_TISSUE_OF = np.array([_TISSUES.index(n.removeprefix("L-").removeprefix("R-")) for n in _NAMES])
 
 
 def phantom_label_names(label_scheme: str) -> dict[int, str]:
@@ -151,8 +154,9 @@ def _subject_params(seed: int, index: int) -> dict:
     p["deform"] = _random_waves(rng, 12, (60, 160),
                                 rng.normal(0, 0.7, size=(12, 3)) * [1.0, 1.0, 0.6])
     # Cortical folding: unit-variance field of ~2 cm waves; sulci lie along its zero set.
-    p["fold"] = _random_waves(rng, 24, (16, 30), np.full((24, 1), math.sqrt(2 / 24)))
+    p["fold"] = _random_waves(rng, 24, (12, 24), np.full((24, 1), math.sqrt(2 / 24)))
     p["folia"] = _random_waves(rng, 16, (6, 10), np.full((16, 1), math.sqrt(2 / 16)))
+    p["reach"] = _random_waves(rng, 4, (40, 90), np.full((4, 1), math.sqrt(2 / 4)))
     p["cortex_mm"] = rng.uniform(2.5, 3.5)
     p["sulcus_mm"] = rng.uniform(14, 20)
     p["brain_scale"] = 1 + rng.normal(0, 0.025, size=3)
@@ -166,9 +170,9 @@ def _subject_params(seed: int, index: int) -> dict:
     p["semi"] = semi * np.exp(rng.normal(0, 0.07, size=(n, 3))) * np.where(
         _VENTRICLE[:, None], ventricles, 1.0)
     p["rot"] = rot
-    # Intensities: global gain, per-class offsets, bias field, noise.
-    p["intensity"] = (np.array(_BASE_INTENSITY) * rng.uniform(0.9, 1.15)
-                      + rng.normal(0, 0.012, size=len(_NAMES))).clip(0, 1)
+    # Intensities: global gain, per-tissue offsets (shared by both sides), bias field, noise.
+    offset = rng.normal(0, 0.012, size=len(_TISSUES))[_TISSUE_OF]
+    p["intensity"] = (np.array(_BASE_INTENSITY) * rng.uniform(0.9, 1.15) + offset).clip(0, 1)
     p["intensity"][0] = 0.0
     p["bias"] = _random_waves(rng, 4, (150, 300), rng.normal(0, 0.05, size=(4, 1)))
     p["noise_sd"] = rng.uniform(0.008, 0.015)
@@ -210,17 +214,20 @@ def _cerebrum(p: torch.Tensor, prm: dict) -> torch.Tensor:
     # First-order distance to the surface in mm: (1 - r) / |grad_p r|.
     grad = q.abs().pow(1.3) * q.sign() / semi / r.pow(1.3)[..., None]
     depth = (1 - r) / grad.norm(dim=-1).clamp_min(1e-6)
-    # Interhemispheric fissure above the corpus callosum; its walls are cortex too.
-    callosum = ((y + 20) / 9) ** 2 + ((z + 3) / 42) ** 2 < 1
-    medial = ~callosum & (y < 25)
-    depth = torch.where(medial, torch.minimum(depth, x.abs() - 1.0), depth)
+    # Interhemispheric fissure: the sheet x = 0 above a floor that is the top of the corpus
+    # callosum (y = -29 mm) and drops to the base in front of and behind it. Depth counts from
+    # the sheet as well, so the medial walls get a cortex with sulci of their own.
+    floor = -29 + 54 * ((z + 3).abs() - 38).clamp(0, 15) / 15
+    to_sheet = torch.where(y < floor, x.abs(), torch.hypot(x, y - floor))
+    depth = torch.minimum(depth, to_sheet - 1.0)
     # Basal notch between the temporal lobes, where brain stem and ventral DC sit.
     notch = (x / 22) ** 2 + ((y - 58) / 38) ** 2 < 1
     inside = (depth > 0) & ~notch
 
     # Sulci: the zero set of the folding field, plus the Sylvian fissure above the temporal
     # lobe; each is lined on both banks by a cortical ribbon of the subject's thickness.
-    reach = prm["sulcus_mm"][:, None]
+    # Sulcal depth varies smoothly over the brain (between 40 % and 100 % of the subject's).
+    reach = prm["sulcus_mm"][:, None] * (0.7 + 0.3 * _waves(p, prm["reach"])[..., 0].clamp(-1, 1))
     thick = prm["cortex_mm"][:, None]
     shell = inside & (depth < reach + thick)  # deeper points are white matter whatever the folds
     to_sulcus = _at(shell, p, prm["fold"], _distance_to_zero_set, fill=float("inf"))
@@ -228,7 +235,9 @@ def _cerebrum(p: torch.Tensor, prm: dict) -> torch.Tensor:
     to_sulcus = torch.where(sylvian, torch.minimum(to_sulcus, (y - 4 - 0.3 * (x.abs() - 36)).abs()),
                             to_sulcus)
     csf = (to_sulcus < 0.6) & (depth < reach)
-    cortex = (depth < thick) | ((to_sulcus < thick + 0.6) & (depth < reach + thick))
+    # The ribbon follows both banks and wraps round the fundus (distance to the sulcal sheet).
+    beyond = (depth - reach).clamp_min(0)
+    cortex = (depth < thick) | (to_sulcus.pow(2) + beyond.pow(2) < (thick + 0.6) ** 2)
     left = x >= 0
     out = torch.where(left, _INDEX["L-cerebral-WM"], _INDEX["R-cerebral-WM"])
     out = torch.where(cortex, torch.where(left, _INDEX["L-cortex"], _INDEX["R-cortex"]), out)

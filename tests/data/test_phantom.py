@@ -14,13 +14,12 @@ from utils.errors import ConfigError, UserError
 
 def _mean_dice(a: torch.Tensor, b: torch.Tensor, label_ids) -> float:
     """Mean Dice over labels present in either map (background excluded)."""
-    scores = []
-    for label in label_ids:
-        x, y = a == label, b == label
-        total = int(x.sum() + y.sum())
-        if total:
-            scores.append(2 * int((x & y).sum()) / total)
-    return float(np.mean(scores))
+    k = max(label_ids) + 1
+    joint = torch.bincount((a.long() * k + b.long()).flatten(), minlength=k * k).view(k, k)
+    ids = torch.tensor(list(label_ids))
+    total = joint.sum(1)[ids] + joint.sum(0)[ids]
+    dice = 2 * joint.diagonal()[ids] / total.clamp_min(1)
+    return float(dice[total > 0].mean())
 
 
 @pytest.fixture(scope="module")
@@ -85,23 +84,23 @@ def test_subjects_differ_and_intensities_are_t1_like(subjects_2d):
 
 
 def test_unregistered_dice_is_like_real_oasis(subjects_2d):
-    """Consecutive pairs of 16 subjects (seed 0): measured mean Dice 0.473 (sd 0.075).
+    """Consecutive pairs of 16 subjects (seed 0): measured mean Dice 0.476 (sd 0.080).
 
     Real OASIS pairs score about 0.44-0.55 before registration, so registration has room.
     """
     _, labels = subjects_2d
     scores = [_mean_dice(labels[i], labels[i + 1], range(1, 25)) for i in range(15)]
     assert 0.4 < np.mean(scores) < 0.6
-    assert np.mean(scores) == pytest.approx(0.473, abs=0.01)
+    assert np.mean(scores) == pytest.approx(0.476, abs=0.01)
     assert min(scores) > 0.3
 
 
 def test_unregistered_dice_3d():
-    """Four quarter-resolution volumes: measured mean Dice 0.42 (consecutive pairs, 35 labels)."""
+    """Four quarter-resolution volumes: measured mean Dice 0.455 (consecutive pairs, 35 labels)."""
     _, labels = generate_phantom(4, 3, shape=(40, 48, 56))
     scores = [_mean_dice(labels[i], labels[i + 1], range(1, 36)) for i in range(3)]
     assert 0.35 < np.mean(scores) < 0.6
-    assert np.mean(scores) == pytest.approx(0.422, abs=0.01)
+    assert np.mean(scores) == pytest.approx(0.455, abs=0.01)
 
 
 def test_fast():
