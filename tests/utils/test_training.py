@@ -219,3 +219,17 @@ def test_ddp_two_processes_on_cpu(tmp_path, exp_root):
     meta = json.loads((exp_root / "2d" / "exp1" / "metadata.json").read_text())
     assert meta["runs"][0]["status"] == "finished" and meta["runs"][0]["world_size"] == 2
     assert (exp_root / "2d" / "exp1" / "weights.pth").is_file()
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch():
+    from utils.training import epoch_order
+
+    a = epoch_order(20, 8, None, seed=1, epoch=3)
+    assert a.shape == (2, 8)  # incomplete last batch dropped
+    assert len(set(a.flatten().tolist())) == 16
+    assert torch.equal(a, epoch_order(20, 8, None, seed=1, epoch=3))
+    assert not torch.equal(a, epoch_order(20, 8, None, seed=1, epoch=4))
+    long = epoch_order(5, 2, 7, seed=0, epoch=1)  # more steps than one pass: further permutations
+    assert long.shape == (7, 2)
+    assert sorted(long.flatten()[:5].tolist()) == [0, 1, 2, 3, 4]
+    assert epoch_order(3, 8, None, seed=0, epoch=1).shape == (1, 3)  # batch larger than the split
