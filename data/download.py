@@ -207,8 +207,8 @@ def check_layout(root: Path, dim: int) -> dict:
     subjects = read_subject_list(root)
     for s in subjects:
         if not (root / s / image_file(dim)).is_file():
-            raise DataError(f"{root / s / image_file(dim)} is missing after unpacking; delete "
-                            f"{root} and run the download again")
+            raise DataError(f"{root / s / image_file(dim)} is missing: {root} is incomplete or "
+                            f"holds {5 - dim}D data; delete it and run the download again")
     counts = {scheme: sum((root / s / label_file(dim, scheme)).is_file() for s in subjects)
               for scheme in RELEASES[dim].schemes}
     return {"subjects": len(subjects), "labels": counts}

@@ -28,14 +28,15 @@ def test_shape_for_size_rejects(bad):
 
 @pytest.mark.parametrize("full, small", [((160, 192), (80, 96)), ((32, 40, 48), (16, 20, 24))])
 def test_resize_images_shapes_and_corners(full, small):
-    x = torch.rand(3, 1, *full)
+    x = torch.rand(3, 1, *full, generator=torch.Generator().manual_seed(0))
     y = resize_images(x, small)
     assert y.shape == (3, 1, *small) and y.dtype == torch.float32
     # Corners are aligned, so corner samples survive exactly (the warp's convention).
     corner = (slice(None), 0) + (0,) * len(full)
     far = (slice(None), 0) + (-1,) * len(full)
-    assert torch.allclose(y[corner], x[corner], atol=1e-5)
-    assert torch.allclose(y[far], x[far], atol=1e-5)
+    # (float rounding of the source position leaves up to ~1e-5 of the neighbour's weight)
+    assert torch.allclose(y[corner], x[corner], atol=1e-4)
+    assert torch.allclose(y[far], x[far], atol=1e-4)
     assert torch.allclose(resize_images(torch.full((1, 1, *full), 0.3), small), torch.tensor(0.3))
     assert resize_images(x, full) is x  # no-op fast path
 
