@@ -59,8 +59,32 @@ def draw_grid(ax, disp_rows, disp_cols, step=None, color="#1f4e79"):
     ax.set_yticks([])
 
 
+def _image_range(*images):
+    """Display range shared by the intensity images: 0 to a robust maximum.
+
+    neurite-OASIS white matter sits near 0.4 on a [0, 1] scale, so a fixed 0..1 range shows
+    dark, flat brains; the 99.9th percentile of the non-zero voxels gives the usual contrast.
+    """
+    values = np.concatenate([im[im > 0].ravel() for im in images])
+    top = float(np.percentile(values, 99.9)) if values.size else 1.0
+    return 0.0, top if top > 0 else 1.0
+
+
+def _panel_layout(n_slices, n_columns, dim):
+    """(rows, columns per row, wrap) of the panel grid: 2D panels wider than 5 wrap onto two rows."""
+    wrap = 2 if dim == 2 and n_columns > 5 else 1
+    per_row = -(-n_columns // wrap)
+    return n_slices * wrap, per_row, wrap
+
+
 def registration_panel(fixed, moving, warped, flow_px, jacobian=None, columns=PANEL_COLUMNS, title=None):
     """Figure of one registered pair.
+
+    2D pairs are one image per column (wrapped onto two rows when there are more than five
+    columns); 3D pairs show one row per orthogonal mid-slice. Images are shown in array layout
+    (axis 0 down the page), intensities on a shared robust range, differences on a shared range
+    so that before and after compare directly, and folded pixels (J < 0) in bright green on the
+    Jacobian map with their percentage in the corner.
 
     Parameters
     ----------
@@ -84,23 +108,30 @@ def registration_panel(fixed, moving, warped, flow_px, jacobian=None, columns=PA
     columns = [c for c in columns if c != "jacobian" or jac is not None]
     dim = fixed.ndim
     slices = mid_slices(fixed, dim)
-    n_rows, n_cols = len(slices), len(columns)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.3 * n_cols, 2.6 * n_rows + 0.4), squeeze=False)
-    diff_max = max(np.abs(moving - fixed).max(), 1e-6)
+    n_rows, per_row, wrap = _panel_layout(len(slices), len(columns), dim)
+    # Row height follows the slices' height/width ratio, so rows do not float in white space.
+    ratio = np.mean([np.squeeze(fixed[index]).shape[0] / np.squeeze(fixed[index]).shape[1] for _, index in slices])
+    row_height = 2.5 * max(0.5, min(1.5, float(ratio))) + 0.35
+    fig, axes = plt.subplots(n_rows, per_row, figsize=(2.5 * per_row, row_height * n_rows + 0.4), squeeze=False)
+    vmin, vmax = _image_range(fixed, moving)
+    diff_max = max(np.abs(moving - fixed).max(), np.abs(warped - fixed).max(), 1e-6)
     mag = np.sqrt((flow_px**2).sum(0))
-    mag_max = max(mag.max(), 1e-6)
+    # A robust top: a few border pixels with large displacements must not flatten the rest.
+    mag_max = max(float(np.percentile(mag, 99.5)), 1e-6)
     headings = {
         "fixed": "fixed", "moving": "moving", "warped": "warped moving", "diff_before": "|moving - fixed|",
         "diff_after": "|warped - fixed|", "grid": "deformed grid", "displacement": "|u| (pixels)",
-        "jacobian": "Jacobian det. (folds red)",
+        "jacobian": "Jacobian det. (J<0 green)",
     }
-    for row, (slice_name, index) in enumerate(slices):
+    for s, (slice_name, index) in enumerate(slices):
         # In-plane axes of this slice, to pick the in-plane displacement channels.
         plane_axes = [a for a in range(dim) if not isinstance(index[a], int)]
-        for col, name in enumerate(columns):
+        for k, name in enumerate(columns):
+            row, col = s * wrap + k // per_row, k % per_row
             ax = axes[row, col]
             if name in ("fixed", "moving", "warped"):
-                _show(ax, {"fixed": fixed, "moving": moving, "warped": warped}[name][index], cmap="gray", vmin=0, vmax=1)
+                image = {"fixed": fixed, "moving": moving, "warped": warped}[name][index]
+                _show(ax, image, cmap="gray", vmin=vmin, vmax=vmax)
             elif name in ("diff_before", "diff_after"):
                 other = moving if name == "diff_before" else warped
                 _show(ax, np.abs(other - fixed)[index], cmap="magma", vmin=0, vmax=diff_max)
@@ -108,20 +139,86 @@ def registration_panel(fixed, moving, warped, flow_px, jacobian=None, columns=PA
                 draw_grid(ax, flow_px[plane_axes[0]][index], flow_px[plane_axes[1]][index])
             elif name == "displacement":
                 _show(ax, mag[index], cmap="viridis", vmin=0, vmax=mag_max)
-                im = ax.images[-1]
-                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+                fig.colorbar(ax.images[-1], ax=ax, fraction=0.046, pad=0.02,
+                             extend="max" if mag.max() > mag_max * 1.001 else "neither")
             elif name == "jacobian":
                 j = jac[index]
                 _show(ax, j, cmap="RdBu_r", norm=TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=2.0))
                 fig.colorbar(ax.images[-1], ax=ax, fraction=0.046, pad=0.02)
+                # Red already means expansion on this map, so folds get a colour of their own.
                 folds = np.ma.masked_where(j >= 0, np.ones_like(j))
-                ax.imshow(folds, cmap=ListedColormap(["red"]), vmin=0, vmax=1, interpolation="nearest")
-            if row == 0:
+                ax.imshow(folds, cmap=ListedColormap(["#39ff14"]), vmin=0, vmax=1, interpolation="nearest")
+                ax.text(0.02, 0.02, f"{100.0 * (j < 0).mean():.2f}% J<0", transform=ax.transAxes, fontsize=7,
+                        color="black", va="bottom", bbox=dict(facecolor="white", alpha=0.7, lw=0, pad=1))
+            if s == 0:
                 ax.set_title(headings[name], fontsize=9)
             if col == 0 and slice_name:
                 ax.set_ylabel(slice_name, fontsize=8)
+        for k in range(len(columns), wrap * per_row):  # empty cells of a wrapped last row
+            axes[s * wrap + k // per_row, k % per_row].axis("off")
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def dice_boxplot(before, after, label_ids, label_names=None, title=None):
+    """Box plot of per-label Dice before and after registration, one pair of boxes per label.
+
+    Parameters
+    ----------
+    before, after : array-like
+        (n_pairs, n_labels) Dice; NaN (label absent from both maps, or a pair without labels)
+        is left out. Labels with no finite value at all are not drawn.
+    label_ids : sequence of int
+        Label id of each column.
+    label_names : dict of int to str, optional
+        Names shown on the x axis (the id where a name is missing).
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The leftmost group ("mean") is the pair score, the mean over the labels of each pair.
+    """
+    before, after = np.asarray(before, dtype=np.float64), np.asarray(after, dtype=np.float64)
+    names = label_names or {}
+    groups = []
+    with np.errstate(all="ignore"):
+        # The pair score skips absent labels, as utils.metrics.mean_dice does.
+        valid = np.isfinite(before).any(1)
+        pair_b = np.array([np.nanmean(r) for r in before[valid]])
+        pair_a = np.array([np.nanmean(r) for r in after[valid]])
+    if pair_b.size:
+        groups.append(("mean", pair_b, pair_a))
+    for k, label in enumerate(label_ids):
+        b, a = before[:, k], after[:, k]
+        b, a = b[np.isfinite(b)], a[np.isfinite(a)]
+        if b.size or a.size:
+            groups.append((f"{names[label]} ({label})" if label in names else str(label), b, a))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.42 * len(groups) + 1.8), 4.2))
+    style = dict(widths=0.34, patch_artist=True, showfliers=True, flierprops=dict(markersize=2))
+    for offset, idx, colour, legend in ((-0.19, 1, "#b0b0b0", "before registration"),
+                                        (0.19, 2, "#1f77b4", "after registration")):
+        data = [g[idx] if len(g[idx]) else [np.nan] for g in groups]
+        box = ax.boxplot(data, positions=np.arange(len(groups)) + offset, **style)
+        for patch in box["boxes"]:
+            patch.set(facecolor=colour, edgecolor="black", linewidth=0.6)
+        for median in box["medians"]:
+            median.set(color="black", linewidth=1.0)
+        ax.plot([], [], "s", color=colour, markeredgecolor="black", label=legend)
+    ax.set_xticks(np.arange(len(groups)))
+    ax.set_xticklabels([g[0] for g in groups], rotation=60, ha="right", fontsize=7)
+    if groups:
+        ax.axvline(0.5, color="gray", lw=0.6, ls=":")
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    ax.set_ylim(0, 1.0)
+    ax.set_ylabel("Dice")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    if title:
+        ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -193,5 +290,5 @@ def save_figure(fig, path, dpi=120):
     plt.close(fig)
 
 
-__all__ = ["draw_grid", "mid_slices", "plot_history", "registration_panel", "save_figure", "PANEL_COLUMNS",
+__all__ = ["dice_boxplot", "draw_grid", "mid_slices", "plot_history", "registration_panel", "save_figure", "PANEL_COLUMNS",
            "TRAIN_COLUMNS"]

@@ -1,0 +1,230 @@
+"""Evaluation end to end on tiny phantoms: outputs, identity model, determinism, sizes, errors (2D and 3D)."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from data.dataset import load_split
+from data.phantom import write_phantom_dataset
+from models import build_model
+from utils import experiment as xp
+from utils.checkpoint import save_weights
+from utils.cli import run_cli
+from utils.config import resolve_config
+from utils.errors import UserError
+from utils.evaluation import (RUN_KEYS, PairMetrics, evaluate_experiment, evaluate_main, evaluation_shapes,
+                              format_table, output_folder, panel_pairs)
+from utils.fileio import write_json
+from utils.metrics import hd95_per_label
+from utils.training import train_main
+
+SUMMARY_KEYS = {"n_pairs", "eval_size", "initial_dice_mean", "dice_mean", "dice_std", "folding_percent_mean",
+                "folding_percent_std", "sdlogj_mean", "hd95_mean", "time_per_pair_s", "n_params", "checkpoint",
+                "train_size", "split", "device", "n_pairs_with_labels", "n_pairs_without_labels"}
+PER_PAIR = ["pair", "moving", "fixed", "has_labels", "initial_dice", "dice", "folding_percent", "sdlogj", "hd95",
+            "time_s"]
+MODEL = {2: {"hidden_channels": 4, "projection_channels": 8, "n_layers": 1, "n_modes": [8, 8]},
+         3: {"hidden_channels": 3, "projection_channels": 6, "n_layers": 1, "n_modes": [6, 6, 6]}}
+TRAIN = {"lr": 1e-3, "batch_size": 2, "epochs": 1, "steps_per_epoch": 2, "ckpt_freq": 1, "image_log_freq": 1,
+         "seed": 3}
+PHANTOM = {
+    2: {"dataset": "phantom", "phantom": {"n_subjects": 9, "shape": [32, 40], "seed": 0},
+        "splits": {"train": [0, 3], "val": [4, 5], "test": [6, 8]}},
+    3: {"dataset": "phantom", "phantom": {"n_subjects": 7, "shape": [24, 28, 32], "seed": 0},
+        "splits": {"train": [0, 2], "val": [3, 4], "test": [4, 6]}},
+}
+
+
+@pytest.fixture(scope="module")
+def exp_root(tmp_path_factory):
+    """An experiments root for the module: experiment 1 of each dimension, trained for two steps and
+    evaluated once with the default flags (``default_eval`` reads those outputs)."""
+    root = tmp_path_factory.mktemp("experiments")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FNOREG_EXPERIMENTS_DIR", str(root))
+        for dim in (2, 3):
+            cfg = {"description": f"tiny {dim}D", "model_name": "fnoreg", "model_config": MODEL[dim],
+                   "train_config": TRAIN, "data_config": PHANTOM[dim]}
+            path = root / f"tiny_{dim}d.json"
+            path.write_text(json.dumps(cfg))
+            assert train_main(dim, ["--config_file", str(path), "--gpu_num", "-1"]) == 0
+            evaluate_experiment(dim, 1, gpu_num=-1, progress=False, n_panels=2)
+        yield root
+
+
+def default_eval(root, dim):
+    return root / f"{dim}d" / "exp1" / "eval" / f"final_{min(PHANTOM[dim]['phantom']['shape'])}"
+
+
+def evaluate(dim, *argv):
+    return run_cli(lambda a: evaluate_main(dim, a), ["--gpu_num", "-1", *argv])
+
+
+def read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def metrics_only(summary):
+    return {k: v for k, v in summary.items() if k not in RUN_KEYS}
+
+
+def save_untrained_experiment(dim, data_config, seed=0):
+    """An experiment folder holding a freshly built (zero-head, identity) model as its final weights."""
+    config = resolve_config({"model_name": "fnoreg", "model_config": MODEL[dim], "train_config": TRAIN,
+                             "data_config": data_config}, dim)
+    exp_num, folder = xp.create_experiment(dim)
+    write_json(folder / "config.json", config)
+    torch.manual_seed(seed)
+    model = build_model("fnoreg", config["model_config"], dim)
+    save_weights(folder, model, 0, data_config.get("phantom", {}).get("shape", [32, 40]))
+    return exp_num, folder
+
+
+def check_outputs(folder, n_labels):
+    summary = json.loads((folder / "summary.json").read_text())
+    assert SUMMARY_KEYS <= summary.keys()
+    pairs = read_csv(folder / "per_pair.csv")
+    assert list(pairs[0]) == PER_PAIR and len(pairs) == summary["n_pairs"] > 0
+    labels = read_csv(folder / "per_label.csv")
+    assert len(labels) == n_labels and labels[0]["name"]
+    assert (folder / "dice_boxplot.png").stat().st_size > 0
+    assert (folder / "panel_pair0.png").stat().st_size > 0
+    for row in pairs:
+        assert float(row["time_s"]) > 0 and 0 <= float(row["folding_percent"]) <= 100
+    return summary, pairs
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_trained_model_end_to_end(exp_root, dim):
+    folder = default_eval(exp_root, dim)
+    summary, pairs = check_outputs(folder, len(read_csv(folder / "per_label.csv")))
+    assert 0 < summary["n_labels"] <= {2: 24, 3: 35}[dim]  # the phantom draws a subset of seg24 / seg35
+    assert summary["checkpoint"] == "final" and summary["split"] == "test" and summary["device"] == "cpu"
+    assert summary["eval_shape"] == PHANTOM[dim]["phantom"]["shape"] == summary["train_size"]
+    assert summary["n_pairs"] == (4 if dim == 2 else 2)  # consecutive pairs: both directions in 2D, one in 3D
+    assert 0 < summary["initial_dice_mean"] < 1 and 0 < summary["dice_mean"] < 1 and summary["n_params"] > 0
+    assert summary["dice_mean"] == pytest.approx(np.mean([float(r["dice"]) for r in pairs]))
+    assert sorted(p.name for p in folder.glob("panel_pair*.png")) == ["panel_pair0.png", f"panel_pair{len(pairs) - 1}.png"]
+
+
+def test_same_checkpoint_twice_gives_identical_metrics(exp_root, capsys):
+    folder = default_eval(exp_root, 2)
+    first = (json.loads((folder / "summary.json").read_text()), read_csv(folder / "per_pair.csv"),
+             (folder / "per_label.csv").read_text())
+    assert evaluate(2, "--exp_num", "1", "--n_panels", "0") == 0
+    second = (json.loads((folder / "summary.json").read_text()), read_csv(folder / "per_pair.csv"),
+              (folder / "per_label.csv").read_text())
+    assert metrics_only(first[0]) == metrics_only(second[0])
+    assert [{k: v for k, v in r.items() if k != "time_s"} for r in first[1]] == \
+        [{k: v for k, v in r.items() if k != "time_s"} for r in second[1]]
+    assert first[2] == second[2]
+    out = capsys.readouterr().out
+    assert "Dice before" in out and f"{second[0]['dice_mean']:.4f}" in out
+
+
+def test_several_sizes_give_one_folder_each(exp_root, capsys):
+    assert evaluate(2, "--exp_num", "1", "--size", "16", "24", "--n_panels", "1", "--batch_size", "3") == 0
+    eval_dir = exp_root / "2d" / "exp1" / "eval"
+    small = json.loads((eval_dir / "final_16" / "summary.json").read_text())
+    mid = json.loads((eval_dir / "final_24" / "summary.json").read_text())
+    assert small["eval_shape"] == [16, 20] and mid["eval_shape"] == [24, 30] and mid["batch_size"] == 3
+    assert small["train_size"] == [32, 40] and small["full_shape"] == [32, 40]
+    assert sorted(p.name for p in (eval_dir / "final_16").glob("panel_pair*.png")) == ["panel_pair0.png"]
+    table = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("16 ") and "16x20" in line for line in table)
+    assert any(line.startswith("24 ") and "24x30" in line for line in table)
+
+
+def test_checkpoint_and_validation_split(exp_root):
+    assert evaluate(2, "--exp_num", "1", "--ckpt_epoch", "1", "--split", "val", "--n_panels", "0") == 0
+    folder = output_folder(exp_root / "2d" / "exp1", "epoch1", 32, "val")
+    assert folder.name == "epoch1_32_val"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["checkpoint"] == "epoch1" and summary["split"] == "val" and summary["epoch"] == 1
+    assert not list(folder.glob("panel_pair*.png"))
+
+
+def one_error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in err if not line.startswith("notice:")]
+    assert len(err) == 1 and err[0].startswith("error: ")
+    return err[0]
+
+
+def test_errors_are_one_line(exp_root, capsys):
+    with pytest.raises(SystemExit) as exc:
+        evaluate(2, "--exp_num", "9")
+    assert exc.value.code == 2
+    assert "experiment 9 not found" in (line := one_error_line(capsys)) and "existing 2D experiments: 1" in line
+    with pytest.raises(SystemExit) as exc:
+        evaluate(2, "--exp_num", "1", "--ckpt_epoch", "7")
+    assert exc.value.code == 2
+    assert "existing checkpoint epochs: 1" in one_error_line(capsys)
+    with pytest.raises(SystemExit) as exc:
+        evaluate(2, "--exp_num", "1", "--batch_size", "0")
+    assert exc.value.code == 2 and "--batch_size" in one_error_line(capsys)
+
+
+def test_identity_model_equals_initial_metrics_and_unlabelled_pairs(tmp_path, monkeypatch):
+    monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", str(tmp_path / "experiments"))
+    root = write_phantom_dataset(tmp_path / "oasis", 2, 4, shape=[32, 40], seed=2)
+    (root / "PHANTOM_0003" / "slice_seg24.nii.gz").unlink()  # subject 3 has no label map
+    data_config = {"dataset": "oasis", "root": str(root), "splits": {"train": None, "val": None, "test": [0, 3]}}
+    exp_num, folder = save_untrained_experiment(2, data_config)
+    (summary,) = evaluate_experiment(2, exp_num, gpu_num=-1, progress=False, n_panels=1)
+    assert summary["n_pairs"] == 6 and summary["n_pairs_without_labels"] == 2 and summary["n_pairs_with_labels"] == 4
+    assert summary["dice_mean"] == summary["initial_dice_mean"] and summary["dice_std"] == summary["initial_dice_std"]
+    assert summary["folding_percent_mean"] == 0 and summary["sdlogj_mean"] == 0
+    # HD95 after an identity registration is the HD95 between the unregistered label maps.
+    split = load_split(resolve_config(json.loads((folder / "config.json").read_text()), 2)["data_config"], 2, "test")
+    labelled = [(m, f) for m, f in split.pairs.tolist() if split.has_labels[m] and split.has_labels[f]]
+    direct = [np.nanmean(hd95_per_label(split.labels[m : m + 1].long(), split.labels[f : f + 1].long(),
+                                        split.label_ids)) for m, f in labelled]
+    assert summary["hd95_mean"] == pytest.approx(np.mean(direct), rel=1e-12)
+    out = folder / "eval" / "final_32"
+    pairs = read_csv(out / "per_pair.csv")
+    unlabelled = [r for r in pairs if r["has_labels"] == "0"]
+    assert {(r["moving"], r["fixed"]) for r in unlabelled} == {("PHANTOM_0002", "PHANTOM_0003"),
+                                                             ("PHANTOM_0003", "PHANTOM_0002")}
+    assert all(r["dice"] == "nan" and r["hd95"] == "nan" and float(r["sdlogj"]) == 0 for r in unlabelled)
+    labelled = [r for r in pairs if r["has_labels"] == "1"]
+    assert all(r["dice"] == r["initial_dice"] for r in labelled)
+    assert summary["dice_mean"] == pytest.approx(np.mean([float(r["dice"]) for r in labelled]))
+    for row in read_csv(out / "per_label.csv"):
+        assert row["dice_mean"] == row["initial_dice_mean"]
+
+
+def test_identity_model_3d(tmp_path, monkeypatch):
+    monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", str(tmp_path / "experiments"))
+    data_config = {"dataset": "phantom", "phantom": {"n_subjects": 3, "shape": [20, 24, 28], "seed": 1},
+                   "splits": {"train": None, "val": None, "test": [0, 2]}}
+    exp_num, folder = save_untrained_experiment(3, data_config)
+    (summary,) = evaluate_experiment(3, exp_num, gpu_num=-1, progress=False, n_panels=1)
+    assert summary["n_pairs"] == 2 and summary["dice_mean"] == summary["initial_dice_mean"] < 1
+    assert summary["folding_percent_mean"] == 0 and summary["sdlogj_mean"] == 0 and summary["hd95_mean"] > 0
+    assert (folder / "eval" / "final_20" / "panel_pair0.png").is_file()
+
+
+def test_missing_split_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", str(tmp_path / "experiments"))
+    exp_num, _ = save_untrained_experiment(2, {"dataset": "phantom", "phantom": {"n_subjects": 6, "shape": [32, 40]},
+                                               "splits": {"train": [0, 3], "val": [4, 5], "test": None}})
+    with pytest.raises(UserError, match="has no test split.*--split"):
+        evaluate_experiment(2, exp_num, gpu_num=-1, progress=False)
+
+
+def test_helpers():
+    assert evaluation_shapes(None, (160, 192)) == [(160, (160, 192))]
+    assert evaluation_shapes([80, 160, 80], (160, 192, 224)) == [(80, (80, 96, 112)), (160, (160, 192, 224))]
+    assert panel_pairs(400, 3) == [0, 200, 399] and panel_pairs(2, 3) == [0, 1] and panel_pairs(5, 0) == []
+    scores = PairMetrics.pair_score(np.array([[0.5, np.nan, 1.0], [np.nan, np.nan, np.nan]]))
+    assert scores[0] == 0.75 and np.isnan(scores[1])
+    row = {"eval_size": 80, "eval_shape": [80, 96], "n_pairs": 400, "initial_dice_mean": 0.54, "dice_mean": 0.765,
+           "dice_std": 0.03, "folding_percent_mean": 0.8, "folding_percent_std": 0.2, "sdlogj_mean": 0.1,
+           "hd95_mean": None, "time_per_pair_s": 0.004}
+    table = format_table([row])
+    assert "0.7650 ± 0.0300" in table and "n/a" in table and "4.00" in table
