@@ -101,7 +101,8 @@ def read_nifti(path, dim, what):
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(f"{what} {path} cannot be read as NIfTI ({reason}); give a .nii or .nii.gz file") from None
     file_shape = tuple(array.shape)
-    while array.ndim > dim and array.shape[-1] == 1:
+    # Trailing singleton axes carry no data: (H, W, 1) is a 2D slice, (D, H, W, 1) a 3D volume.
+    while array.ndim > 2 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim != dim:
         found = f"{array.ndim}D" if array.ndim in (2, 3) else f"{array.ndim}-axis"
