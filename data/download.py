@@ -253,6 +253,8 @@ def fetch(dim: int, out, url: str | None = None, archive=None, md5: str | None =
     """
     release = RELEASES[dim]
     out = Path(out).expanduser()
+    if archive is not None and not Path(archive).expanduser().is_file():
+        raise DataError(f"archive {Path(archive).expanduser()} does not exist")
     if (out / SUBJECT_LIST).is_file():
         counts = check_layout(out, dim)
         print(f"{out} already holds {counts['subjects']} subjects; nothing to download")
@@ -265,8 +267,6 @@ def fetch(dim: int, out, url: str | None = None, archive=None, md5: str | None =
         md5 = release.md5
     if archive is not None:
         path = Path(archive).expanduser()
-        if not path.is_file():
-            raise DataError(f"archive {path} does not exist")
     else:
         url = url or release.url
         staging = out / ".download"

@@ -357,14 +357,20 @@ def _label_lut(scheme: str) -> torch.Tensor:
                          for n in _NAMES], dtype=torch.int16)
 
 
-def _generate(indices, dim: int, shape, seed: int):
-    """Images and structure-index maps of the given subjects (see :func:`generate_phantom`)."""
+def _check(dim: int, shape) -> tuple[int, ...]:
+    """The grid shape to use (default: the release's), after checking ``dim`` and ``shape``."""
     if dim not in DEFAULT_SHAPE:
         raise ConfigError(f"phantom dim must be 2 or 3, got {dim!r}")
-    indices = list(range(indices)) if isinstance(indices, int) else [int(i) for i in indices]
     shape = tuple(int(s) for s in (shape or DEFAULT_SHAPE[dim]))
-    if len(shape) != dim:
-        raise ConfigError(f"phantom shape {list(shape)} does not have {dim} axes")
+    if len(shape) != dim or min(shape) < 2:
+        raise ConfigError(f"phantom shape {list(shape)} must have {dim} axes of at least 2")
+    return shape
+
+
+def _generate(indices, dim: int, shape, seed: int):
+    """Images and structure-index maps of the given subjects (see :func:`generate_phantom`)."""
+    shape = _check(dim, shape)
+    indices = list(range(indices)) if isinstance(indices, int) else [int(i) for i in indices]
     grid = _grid_points(shape)
     images = torch.empty((len(indices), 1, *shape), dtype=torch.float32)
     structures = torch.empty((len(indices), 1, *shape), dtype=torch.int64)
@@ -400,8 +406,7 @@ def generate_phantom(indices, dim: int, shape=None, seed: int = 0,
     labels : torch.Tensor
         ``(N, 1, *shape)`` int16 label maps with neurite-OASIS ids of ``label_scheme``.
     """
-    if dim not in DEFAULT_SHAPE:
-        raise ConfigError(f"phantom dim must be 2 or 3, got {dim!r}")
+    shape = _check(dim, shape)
     scheme = check_scheme(label_scheme or default_scheme(dim), dim, "phantom label_scheme")
     images, structures = _generate(indices, dim, shape, seed)
     return images, _label_lut(scheme)[structures]
@@ -431,6 +436,7 @@ def write_phantom_dataset(out_dir, dim: int, n_subjects: int, shape=None, seed: 
     """
     import nibabel as nib  # only needed for writing
 
+    shape = _check(dim, shape)
     out_dir = Path(out_dir)
     ids = subject_ids(n_subjects)
     clash = [i for i in ids if (out_dir / i).exists()]

@@ -113,7 +113,7 @@ def test_fast():
 def test_bad_arguments():
     with pytest.raises(ConfigError, match="2 or 3"):
         generate_phantom(1, 4)
-    with pytest.raises(ConfigError, match="does not have 2 axes"):
+    with pytest.raises(ConfigError, match="must have 2 axes"):
         generate_phantom(1, 2, shape=(16, 16, 16))
     with pytest.raises(ConfigError, match="not available in 2D"):
         generate_phantom(1, 2, label_scheme="seg35")
