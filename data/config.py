@@ -33,6 +33,7 @@ from data.labels import SCHEMES_FOR_DIM, check_scheme, default_scheme
 from data.pairs import (PAIR_PROTOCOLS, PUBLISHED_EVAL_PAIRS, PUBLISHED_SPLITS,
                         PUBLISHED_TRAIN_PAIRS, SPLIT_NAMES, default_splits, warn_overlaps)
 from utils.errors import ConfigError
+from utils.schema import check_choice, check_unknown, check_value
 
 DATASETS = ("phantom", "oasis")
 PHANTOM_DEFAULTS = {
@@ -46,36 +47,12 @@ _TYPES = {"dataset": str, "root": (str, type(None)), "label_scheme": str, "split
           "phantom": (dict, type(None))}
 
 
-def _type_name(t) -> str:
-    names = {str: "a string", bool: "true or false", dict: "an object", int: "an integer",
-             list: "a list", type(None): "null"}
-    return " or ".join(names[x] for x in (t if isinstance(t, tuple) else (t,)))
-
-
-def _check_type(value, expected, key: str) -> None:
-    # bool is an int subclass in Python; a JSON true must not pass as a count.
-    bad_bool = isinstance(value, bool) and expected is int
-    if bad_bool or not isinstance(value, expected):
-        raise ConfigError(f"{key} must be {_type_name(expected)}, got {value!r}")
-
-
-def _check_unknown(given: dict, known, where: str) -> None:
-    unknown = sorted(set(given) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown key {where}.{unknown[0]}; known keys: {', '.join(known)}")
-
-
-def _check_choice(value: str, choices, key: str) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key} = {value!r}; use one of {', '.join(map(repr, choices))}")
-
-
 def _validate_phantom(given: dict, dim: int) -> dict:
-    _check_unknown(given, PHANTOM_DEFAULTS[dim], "data_config.phantom")
+    check_unknown(given, PHANTOM_DEFAULTS[dim], "data_config.phantom")
     out = {**PHANTOM_DEFAULTS[dim], **given}
-    _check_type(out["n_subjects"], int, "data_config.phantom.n_subjects")
-    _check_type(out["seed"], int, "data_config.phantom.seed")
-    _check_type(out["shape"], list, "data_config.phantom.shape")
+    check_value(out["n_subjects"], int, "data_config.phantom.n_subjects")
+    check_value(out["seed"], int, "data_config.phantom.seed")
+    check_value(out["shape"], list, "data_config.phantom.shape")
     if out["n_subjects"] < 2:
         raise ConfigError(f"data_config.phantom.n_subjects must be >= 2, got {out['n_subjects']}")
     shape = out["shape"]
@@ -88,7 +65,7 @@ def _validate_phantom(given: dict, dim: int) -> dict:
 
 
 def _validate_splits(given: dict, defaults: dict) -> dict:
-    _check_unknown(given, SPLIT_NAMES, "data_config.splits")
+    check_unknown(given, SPLIT_NAMES, "data_config.splits")
     out = {**defaults, **given}
     for name in SPLIT_NAMES:
         rng, key = out[name], f"data_config.splits.{name}"
@@ -130,14 +107,14 @@ def validate_data_config(cfg: dict | None, dim: int) -> dict:
     if dim not in SCHEMES_FOR_DIM:
         raise ConfigError(f"dim must be 2 or 3, got {dim!r}")
     cfg = {} if cfg is None else cfg
-    _check_type(cfg, dict, "data_config")
-    _check_unknown(cfg, _KEYS, "data_config")
+    check_value(cfg, dict, "data_config")
+    check_unknown(cfg, _KEYS, "data_config")
     for key, value in cfg.items():
-        _check_type(value, _TYPES[key], f"data_config.{key}")
+        check_value(value, _TYPES[key], f"data_config.{key}")
     cfg = copy.deepcopy(cfg)
 
     out = {"dataset": cfg.get("dataset", "phantom")}
-    _check_choice(out["dataset"], DATASETS, "data_config.dataset")
+    check_choice(out["dataset"], DATASETS, "data_config.dataset")
     is_oasis = out["dataset"] == "oasis"
 
     out["root"] = cfg.get("root")
@@ -172,7 +149,7 @@ def validate_data_config(cfg: dict | None, dim: int) -> dict:
     for key, default in (("train_pairs", PUBLISHED_TRAIN_PAIRS[dim]),
                          ("eval_pairs", PUBLISHED_EVAL_PAIRS[dim])):
         out[key] = cfg.get(key, default)
-        _check_choice(out[key], PAIR_PROTOCOLS, f"data_config.{key}")
+        check_choice(out[key], PAIR_PROTOCOLS, f"data_config.{key}")
     out["antialias"] = cfg.get("antialias", False)
     out["require_labels"] = cfg.get("require_labels", False)
     return {key: out[key] for key in _KEYS}

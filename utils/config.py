@@ -15,13 +15,12 @@ The resolved config (every default filled in) is what is stored as ``config.json
 experiment folder, and what a restart reads back.
 """
 
-import copy
-import json
 from pathlib import Path
 
 from data.config import validate_data_config
 from models.registry import resolve_model_config
 from utils.errors import ConfigError
+from utils.schema import check_value, validate_section
 from utils.fileio import read_json
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -51,49 +50,6 @@ SCHEDULE_SCHEMA = {
     "exponential": {"gamma": ((int, float), None)},
 }
 TOP_LEVEL = ("description", "dim", "model_name", "model_config", "train_config", "data_config")
-
-
-def _types(spec):
-    return tuple(type(None) if t is None else t for t in (spec if isinstance(spec, tuple) else (spec,)))
-
-
-def _type_words(spec):
-    words = {int: "an integer", float: "a number", str: "a string", bool: "true/false", dict: "an object",
-             list: "a list", type(None): "null"}
-    return " or ".join(dict.fromkeys(words[t] for t in _types(spec)))
-
-
-def check_value(value, spec, key):
-    """Raise ConfigError unless ``value`` has one of the types in ``spec`` (bool is not a number)."""
-    allowed = _types(spec)
-    if isinstance(value, bool) and bool not in allowed:
-        ok = False
-    else:
-        ok = isinstance(value, allowed)
-    if not ok:
-        raise ConfigError(f"{key} must be {_type_words(spec)}, got {json.dumps(value)}")
-
-
-def validate_section(given, schema, where):
-    """Check a config section against ``{key: (types, default)}`` and fill in defaults.
-
-    A default of None with a non-nullable type marks a required key.
-    """
-    if not isinstance(given, dict):
-        raise ConfigError(f"{where} must be a JSON object, got {json.dumps(given)}")
-    unknown = [k for k in given if k not in schema]
-    if unknown:
-        raise ConfigError(f"unknown key {where}.{unknown[0]}; valid keys: {', '.join(schema)}")
-    out = {}
-    for key, (spec, default) in schema.items():
-        if key in given:
-            check_value(given[key], spec, f"{where}.{key}")
-            out[key] = given[key]
-        elif default is None and type(None) not in _types(spec):
-            raise ConfigError(f"{where}.{key} is required")
-        else:
-            out[key] = copy.deepcopy(default)
-    return out
 
 
 def _validate_train(given):
