@@ -1,4 +1,7 @@
-"""Evaluate a 2D experiment: `python evaluate_2d.py --exp_num N [--gpu_num K] [--ckpt_epoch E] [--size S ...] [--split val|test]`."""
+"""Evaluate a 2D experiment (see utils/evaluation.py).
+
+`python evaluate_2d.py --exp_num N [--gpu_num K] [--ckpt_epoch E] [--size S ...] [--split val|test]`
+"""
 
 import sys
 

@@ -1,4 +1,7 @@
-"""Evaluate a 3D experiment: `python evaluate_3d.py --exp_num N [--gpu_num K] [--ckpt_epoch E] [--size S ...] [--split val|test]`."""
+"""Evaluate a 3D experiment (see utils/evaluation.py).
+
+`python evaluate_3d.py --exp_num N [--gpu_num K] [--ckpt_epoch E] [--size S ...] [--split val|test]`
+"""
 
 import sys
 

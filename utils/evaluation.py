@@ -211,7 +211,10 @@ def register_split(model, data, label_ids, batch_size, hd95_spacing=None, panels
 
     bar = tqdm(total=n, desc=desc, unit="pair", disable=not progress, dynamic_ncols=True, leave=False)
     try:
+        dice_so_far = ""
         for idx, batch in data.batches(batch_size):
+            # The stage shows in the bar: a 3D pair spends seconds in the forward pass and in HD95.
+            bar.set_postfix_str(f"{dice_so_far}registering", refresh=True)
             flow, warped, seconds = timed_registration(model, batch.moving, batch.fixed, device)
             rows = idx.numpy()
             out.time_s[rows] = seconds / len(rows)
@@ -229,7 +232,7 @@ def register_split(model, data, label_ids, batch_size, hd95_spacing=None, panels
                 out.dice_after[rows[labelled]] = after[labelled]
             for k, row in enumerate(rows):
                 if out.labelled[row]:
-                    bar.set_postfix_str("HD95", refresh=False)
+                    bar.set_postfix_str(f"{dice_so_far}HD95", refresh=True)
                     out.hd95[row] = hd95_per_label(warped_labels[k : k + 1], batch.fixed_labels[k : k + 1],
                                                    label_ids, hd95_spacing)[0]
                 if row in panels and on_panel is not None:
@@ -242,7 +245,8 @@ def register_split(model, data, label_ids, batch_size, hd95_spacing=None, panels
                 bar.update(1)
             done = out.labelled[: rows[-1] + 1]
             if done.any():
-                bar.set_postfix(dice=f"{np.nanmean(PairMetrics.pair_score(out.dice_after[: rows[-1] + 1][done])):.4f}")
+                dice_so_far = f"Dice {np.mean(PairMetrics.pair_score(out.dice_after[: rows[-1] + 1][done])):.4f}, "
+        bar.set_postfix_str(dice_so_far.rstrip(", "), refresh=True)
     finally:
         bar.close()
     return out
@@ -342,7 +346,7 @@ def evaluate_at(model, split, size, shape, out_dir, context, batch_size, n_panel
     shape : tuple of int
         Evaluation shape.
     out_dir : path
-        Output folder (created; files in it are replaced).
+        Output folder (created; outputs of an earlier evaluation in it are replaced).
     context : dict
         Entries copied into ``summary.json`` (experiment, checkpoint, device, ...); ``device`` is used.
     batch_size : int
@@ -360,6 +364,10 @@ def evaluate_at(model, split, size, shape, out_dir, context, batch_size, n_panel
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Outputs of an earlier evaluation into this folder (other --n_panels, an interrupted run) go first,
+    # so the folder never mixes two runs; summary.json is written last, when everything else is there.
+    for old in [out_dir / "summary.json", out_dir / "dice_boxplot.png", *out_dir.glob("panel_pair*.png")]:
+        old.unlink(missing_ok=True)
     device = torch.device(context["device"])
     data = DeviceSplit(split, shape, device)
     full = split.shape
@@ -469,7 +477,8 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
     context = {"exp_num": exp_num, "dim": dim, "model_name": config["model_name"],
                "n_params": count_parameters(model), "checkpoint": info["checkpoint"], "epoch": info["epoch"],
                "checkpoint_path": info["path"], "train_size": info["train_size"], "split": split,
-               "dataset": config["data_config"]["dataset"], "label_scheme": config["data_config"]["label_scheme"],
+               "dataset": config["data_config"]["dataset"], "data_root": config["data_config"]["root"],
+               "label_scheme": config["data_config"]["label_scheme"],
                "device": str(device), "versions": xp.software_versions(), "git_commit": xp.git_commit()}
     summaries = []
     for size, shape in evaluation_shapes(sizes, data.shape):

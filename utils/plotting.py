@@ -148,7 +148,8 @@ def registration_panel(fixed, moving, warped, flow_px, jacobian=None, columns=PA
                 # Red already means expansion on this map, so folds get a colour of their own.
                 folds = np.ma.masked_where(j >= 0, np.ones_like(j))
                 ax.imshow(folds, cmap=ListedColormap(["#39ff14"]), vmin=0, vmax=1, interpolation="nearest")
-                ax.text(0.02, 0.02, f"{100.0 * (j < 0).mean():.2f}% J<0", transform=ax.transAxes, fontsize=7,
+                where = " in slice" if dim == 3 else ""
+                ax.text(0.02, 0.02, f"{100.0 * (j < 0).mean():.2f}% J<0{where}", transform=ax.transAxes, fontsize=7,
                         color="black", va="bottom", bbox=dict(facecolor="white", alpha=0.7, lw=0, pad=1))
             if s == 0:
                 ax.set_title(headings[name], fontsize=9)
@@ -216,9 +217,10 @@ def dice_boxplot(before, after, label_ids, label_names=None, title=None):
     ax.set_ylim(0, 1.0)
     ax.set_ylabel("Dice")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    # Above the axes, so that it never hides a box; the title moves to the left to make room.
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=8, frameon=False)
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=10, loc="left")
     fig.tight_layout()
     return fig
 
@@ -290,5 +292,5 @@ def save_figure(fig, path, dpi=120):
     plt.close(fig)
 
 
-__all__ = ["dice_boxplot", "draw_grid", "mid_slices", "plot_history", "registration_panel", "save_figure", "PANEL_COLUMNS",
-           "TRAIN_COLUMNS"]
+__all__ = ["dice_boxplot", "draw_grid", "mid_slices", "plot_history", "registration_panel", "save_figure",
+           "PANEL_COLUMNS", "TRAIN_COLUMNS"]

@@ -330,8 +330,8 @@ def register_main(argv=None):
         raise UserError("--fixed_seg needs --moving_seg (Dice compares the warped moving labels with it)")
     result = register_files(args.exp_num, args.dim, args.moving, args.fixed, args.out, args.moving_seg,
                             args.fixed_seg, args.ckpt_epoch, args.gpu_num, args.rescale)
-    line = f"registered with experiment {args.exp_num} ({result['checkpoint']}): folding {result['folding_percent']:.3f}%, " \
-           f"SDlogJ {result['sdlogj']:.4f}"
+    line = (f"registered with experiment {args.exp_num} ({result['checkpoint']}): "
+            f"folding {result['folding_percent']:.3f}%, SDlogJ {result['sdlogj']:.4f}")
     if "dice" in result:
         line += f", Dice {result['initial_dice']:.4f} -> {result['dice']:.4f}"
     print(line)

@@ -108,20 +108,22 @@ def test_trained_model_end_to_end(exp_root, dim):
     assert summary["n_pairs"] == (4 if dim == 2 else 2)  # consecutive pairs: both directions in 2D, one in 3D
     assert 0 < summary["initial_dice_mean"] < 1 and 0 < summary["dice_mean"] < 1 and summary["n_params"] > 0
     assert summary["dice_mean"] == pytest.approx(np.mean([float(r["dice"]) for r in pairs]))
-    assert sorted(p.name for p in folder.glob("panel_pair*.png")) == ["panel_pair0.png", f"panel_pair{len(pairs) - 1}.png"]
+    last = len(pairs) - 1
+    assert sorted(p.name for p in folder.glob("panel_pair*.png")) == ["panel_pair0.png", f"panel_pair{last}.png"]
 
 
 def test_same_checkpoint_twice_gives_identical_metrics(exp_root, capsys):
     folder = default_eval(exp_root, 2)
     first = (json.loads((folder / "summary.json").read_text()), read_csv(folder / "per_pair.csv"),
              (folder / "per_label.csv").read_text())
-    assert evaluate(2, "--exp_num", "1", "--n_panels", "0") == 0
+    assert evaluate(2, "--exp_num", "1", "--n_panels", "2") == 0
     second = (json.loads((folder / "summary.json").read_text()), read_csv(folder / "per_pair.csv"),
               (folder / "per_label.csv").read_text())
     assert metrics_only(first[0]) == metrics_only(second[0])
     assert [{k: v for k, v in r.items() if k != "time_s"} for r in first[1]] == \
         [{k: v for k, v in r.items() if k != "time_s"} for r in second[1]]
     assert first[2] == second[2]
+    assert len(list(folder.glob("panel_pair*.png"))) == 2
     out = capsys.readouterr().out
     assert "Dice before" in out and f"{second[0]['dice_mean']:.4f}" in out
 
@@ -146,6 +148,8 @@ def test_checkpoint_and_validation_split(exp_root):
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["checkpoint"] == "epoch1" and summary["split"] == "val" and summary["epoch"] == 1
     assert not list(folder.glob("panel_pair*.png"))
+    assert evaluate(2, "--exp_num", "1", "--ckpt_epoch", "1", "--split", "val", "--n_panels", "1") == 0
+    assert len(list(folder.glob("panel_pair*.png"))) == 1
 
 
 def one_error_line(capsys):
