@@ -332,7 +332,8 @@ def _panel_title(split, index, scores):
     return text + f" | J<0 {scores['folding']:.2f}% | SDlogJ {scores['sdlogj']:.3f}"
 
 
-def evaluate_at(model, split, size, shape, out_dir, context, batch_size, n_panels=N_PANELS, progress=True):
+def evaluate_at(model, split, size, shape, out_dir, context, batch_size, n_panels=N_PANELS, progress=True,
+                antialias=False):
     """Evaluate ``model`` on ``split`` at ``shape`` and write every output to ``out_dir``.
 
     Parameters
@@ -355,6 +356,8 @@ def evaluate_at(model, split, size, shape, out_dir, context, batch_size, n_panel
         Example panels to draw.
     progress : bool
         Show a progress bar.
+    antialias : bool
+        Low-pass images before downsampling, as ``data_config.antialias`` did in training.
 
     Returns
     -------
@@ -369,7 +372,7 @@ def evaluate_at(model, split, size, shape, out_dir, context, batch_size, n_panel
     for old in [out_dir / "summary.json", out_dir / "dice_boxplot.png", *out_dir.glob("panel_pair*.png")]:
         old.unlink(missing_ok=True)
     device = torch.device(context["device"])
-    data = DeviceSplit(split, shape, device)
+    data = DeviceSplit(split, shape, device, antialias)
     full = split.shape
     # HD95 in full-resolution voxels: one evaluation-grid step spans (N_full - 1) / (N_eval - 1) of them.
     spacing = [(f - 1) / (e - 1) if e > 1 else 1.0 for f, e in zip(full, shape)]
@@ -483,7 +486,8 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
     summaries = []
     for size, shape in evaluation_shapes(sizes, data.shape):
         out_dir = output_folder(folder, info["checkpoint"], size, split)
-        summaries.append(evaluate_at(model, data, size, shape, out_dir, context, batch_size, n_panels, progress))
+        summaries.append(evaluate_at(model, data, size, shape, out_dir, context, batch_size, n_panels, progress,
+                                     config["data_config"]["antialias"]))
         if progress:
             print(f"wrote {out_dir}", file=sys.stderr)
     return summaries
