@@ -16,7 +16,7 @@ from utils.errors import ConfigError
 from .checks import check_image_pair
 from .ffc import FFCResidualBlock
 from .nd import check_dim, conv
-from .spectral import FastSpectralConv
+from .spectral import SpectralConv
 
 FACTORIZATIONS = ("tucker", "cp", "tt", "dense")
 HEAD_INITS = ("zeros", "normal", "default")
@@ -31,7 +31,7 @@ class FourierLayer(nn.Module):
 
     def __init__(self, dim, channels, n_modes, factorization="tucker", rank=0.42, residual=True):
         super().__init__()
-        self.spectral = FastSpectralConv(
+        self.spectral = SpectralConv(
             channels,
             channels,
             n_modes=tuple(n_modes),
