@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from data.labels import SCHEMES
+from data.nifti import drop_trailing_singletons, integral_labels
 from utils.errors import DataError
 
 SUBJECT_LIST = "subjects.txt"
@@ -85,8 +86,7 @@ def _load_array(path: Path, dim: int) -> np.ndarray:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(f"cannot read {path} ({reason}); the file is damaged, re-download "
                         f"the dataset") from None
-    while arr.ndim > dim and arr.shape[-1] == 1:
-        arr = arr[..., 0]
+    arr = drop_trailing_singletons(arr, dim)
     if arr.ndim != dim:
         raise DataError(f"{path} has shape {arr.shape}; expected a {dim}D "
                         f"{'slice (H, W) or (H, W, 1)' if dim == 2 else 'volume (D, H, W)'} "
@@ -130,16 +130,7 @@ def read_labels(path, dim: int, scheme: str) -> np.ndarray:
     every value is integral.
     """
     path = Path(path)
-    arr = _load_array(path, dim)
-    if arr.dtype.kind == "f":
-        if not np.isfinite(arr).all() or not (arr == np.round(arr)).all():
-            example = arr[~np.isfinite(arr) | (arr != np.round(arr))].flat[0]
-            raise DataError(f"{path} holds non-integer label values (e.g. {example}); it is "
-                            f"not a label map, check the file")
-        arr = np.round(arr)
-    elif arr.dtype.kind not in "iu":
-        raise DataError(f"{path} has data type {arr.dtype}; expected integer or integral float "
-                        f"labels")
+    arr = integral_labels(_load_array(path, dim), str(path))
     top = max(SCHEMES[scheme])
     lo, hi = int(arr.min()), int(arr.max())
     if lo < 0 or hi > top:

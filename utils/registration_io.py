@@ -47,6 +47,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from data.nifti import drop_trailing_singletons, integral_labels
 from data.resize import resize_images, resize_labels
 from models import to_pixel_units, warp
 from utils import experiment as xp
@@ -102,8 +103,7 @@ def read_nifti(path, dim, what):
         raise DataError(f"{what} {path} cannot be read as NIfTI ({reason}); give a .nii or .nii.gz file") from None
     file_shape = tuple(array.shape)
     # Trailing singleton axes carry no data: (H, W, 1) is a 2D slice, (D, H, W, 1) a 3D volume.
-    while array.ndim > 2 and array.shape[-1] == 1:
-        array = array[..., 0]
+    array = drop_trailing_singletons(array, 2)
     if array.ndim != dim:
         found = f"{array.ndim}D" if array.ndim in (2, 3) else f"{array.ndim}-axis"
         hint = f"use --dim {array.ndim}" if array.ndim in (2, 3) else "give a single 2D or 3D image"
@@ -123,13 +123,7 @@ def _as_image(nifti, what):
 
 
 def _as_labels(nifti, what):
-    data = nifti.array
-    if data.dtype.kind == "f":
-        if not np.isfinite(data).all() or not (data == np.round(data)).all():
-            raise DataError(f"{what} {nifti.path} holds non-integer values; a label map must hold integer labels")
-        data = np.round(data)
-    elif data.dtype.kind not in "iub":
-        raise DataError(f"{what} {nifti.path} has data type {data.dtype}; a label map must hold integer labels")
+    data = integral_labels(nifti.array, f"{what} {nifti.path}")
     if data.size and data.min() < 0:
         raise DataError(f"{what} {nifti.path} has negative labels (min {data.min()}); labels must be >= 0")
     return data.astype(np.int64)
