@@ -21,7 +21,7 @@ from models import build_model, count_parameters, warp  # noqa: E402
 from models.spectral import SpectralConv  # noqa: E402
 from utils.device import select_device, synchronize  # noqa: E402
 
-SHAPES = {"small": 2, "medium": 2, "large": 2, "3d": 3}
+PRESET_DIMS = {"small": 2, "medium": 2, "large": 2, "3d": 3}
 SIZES = {2: [(80, 96), (160, 192)], 3: [(80, 96, 112), (160, 192, 224)]}
 
 
@@ -40,9 +40,9 @@ def timed(fn, device, repeats):
 
 @torch.inference_mode()
 def bench_presets(device, presets, repeats):
-    print(f"| preset | parameters | shape | s / pair | peak MiB |\n|---|---|---|---|---|")
+    print("| preset | parameters | shape | s / pair | peak MiB |\n|---|---|---|---|---|")
     for preset in presets:
-        dim = SHAPES[preset]
+        dim = PRESET_DIMS[preset]
         with torch.inference_mode(False):  # as evaluation does: a normal model, run in inference mode
             model = build_model("fnoreg", {"preset": preset}, dim).to(device).eval()
         for shape in SIZES[dim]:
@@ -77,7 +77,7 @@ def bench_contraction(device, repeats):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpu_num", type=int, default=-1)
-    parser.add_argument("--presets", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--presets", nargs="+", default=list(PRESET_DIMS), choices=list(PRESET_DIMS))
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     device = select_device(args.gpu_num)
