@@ -1,13 +1,13 @@
 """Register your own NIfTI pair with a trained experiment.
 
 `python register.py --exp_num N --dim 2|3 --moving M.nii.gz --fixed F.nii.gz --out DIR [--moving_seg S]
-[--fixed_seg T] [--ckpt_epoch E] [--gpu_num K] [--rescale]`; see utils/registration_io.py for the conventions.
+[--fixed_seg T] [--ckpt_epoch E] [--gpu_num K] [--rescale]`; see engine/registration_io.py for the conventions.
 """
 
 import sys
 
-from utils.cli import run_cli
-from utils.registration_io import register_main
+from engine import run_cli
+from engine.registration_io import register_main
 
 if __name__ == "__main__":
     sys.exit(run_cli(register_main))

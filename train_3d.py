@@ -2,8 +2,8 @@
 
 import sys
 
-from utils.cli import run_cli
-from utils.training import train_main
+from engine import run_cli
+from engine.training import train_main
 
 if __name__ == "__main__":
     sys.exit(run_cli(lambda argv: train_main(3, argv)))

@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.metrics import dice_per_label, folding_percent, hd95_per_label, jacobian_determinant, sdlogj  # noqa: E402
+from engine.metrics import dice_per_label, folding_percent, hd95_per_label, jacobian_determinant, sdlogj  # noqa: E402
 
 
 def _labels():

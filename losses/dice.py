@@ -2,8 +2,8 @@
 
 import torch
 
-from models.checks import check_same_spatial, check_spatial
 from utils.errors import ShapeError
+from utils.fields import check_same_spatial, check_spatial
 
 
 def one_hot(labels, label_ids):

@@ -2,7 +2,7 @@
 
 import torch
 
-from models.warp import to_pixel_units
+from utils.fields import to_pixel_units
 
 
 def smoothness(flow):

@@ -2,7 +2,7 @@
 
 import torch.nn.functional as F
 
-from models.checks import check_same_spatial, check_spatial
+from utils.fields import check_same_spatial, check_spatial
 
 _AVG_POOL = {2: F.avg_pool2d, 3: F.avg_pool3d}
 

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.errors import ConfigError
+from utils.fields import check_image_pair
 
-from .checks import check_image_pair
 from .ffc import FFCResidualBlock
 from .nd import check_dim, conv
 from .spectral import SpectralConv

@@ -5,7 +5,10 @@ is the displacement along spatial axis i in normalised coordinates, where each a
 [-1, 1] with ``align_corners=True`` (the first and last pixel centres sit at -1 and +1). A pixel
 displacement along an axis of length N is therefore ``u * (N - 1) / 2``. The warped image is
 ``M(x + u(x))``, sampled with zeros outside the image. The identity grid is built from the
-field's own shape on every call, so no resolution is ever baked in.
+field's own shape on every call, so no resolution is ever baked in. The unit conversions
+(:func:`to_pixel_units`, :func:`to_normalised_units`) live in :mod:`utils.fields`, next to the shape
+checks, so that losses and metrics can use them without importing the models; they are
+re-exported here and from :mod:`models`.
 
 A zero field reproduces the image up to the rounding of ``grid_sample``'s coordinate
 arithmetic: exactly for label maps (nearest), to about 1e-5 in float32 and 1e-12 in float64.
@@ -16,8 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.errors import ShapeError
-
-from .checks import check_field, check_spatial
+from utils.fields import check_field, check_spatial, to_normalised_units, to_pixel_units  # noqa: F401 (re-exported)
 
 _MODES = {"linear": "bilinear", "bilinear": "bilinear", "trilinear": "bilinear", "nearest": "nearest"}
 
@@ -26,24 +28,6 @@ def identity_grid(shape, device=None, dtype=torch.float32):
     """Normalised identity coordinates, shape (d, *shape), channel i varying along axis i."""
     axes = [torch.linspace(-1.0, 1.0, n, device=device, dtype=dtype) for n in shape]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
-
-
-def _axis_scale(shape, device, dtype):
-    """(N_i - 1) / 2 per spatial axis, shaped to broadcast over (B, d, *spatial)."""
-    scale = torch.tensor([(n - 1) / 2.0 for n in shape], device=device, dtype=dtype)
-    return scale.view(1, len(shape), *([1] * len(shape)))
-
-
-def to_pixel_units(flow):
-    """Convert a normalised displacement field to pixel (voxel) units, channel by channel."""
-    check_field(flow)
-    return flow * _axis_scale(flow.shape[2:], flow.device, flow.dtype)
-
-
-def to_normalised_units(flow_pixels):
-    """Inverse of :func:`to_pixel_units`."""
-    check_field(flow_pixels)
-    return flow_pixels / _axis_scale(flow_pixels.shape[2:], flow_pixels.device, flow_pixels.dtype)
 
 
 def warp(image, flow, mode="bilinear"):

@@ -12,13 +12,13 @@ import torch
 
 from data.phantom import generate_phantom
 from data.resize import resize_images
+from engine import experiment as xp
+from engine.checkpoint import save_weights
+from engine.config import resolve_config
+from engine.registration_io import register_main
 from models import build_model
-from utils import experiment as xp
-from utils.checkpoint import save_weights
 from utils.cli import run_cli
-from utils.config import resolve_config
 from utils.fileio import write_json
-from utils.registration_io import register_main
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = {2: {"hidden_channels": 4, "projection_channels": 8, "n_layers": 1, "n_modes": [8, 8]},

@@ -1,4 +1,4 @@
-"""Experiment configs: load JSON, validate every section, fill defaults, resolve.
+"""Experiment configs: find and load the JSON file, and compose the validated sections.
 
 A config file has these top-level keys (unknown keys are errors that name the key)::
 
@@ -7,77 +7,30 @@ A config file has these top-level keys (unknown keys are errors that name the ke
       "dim": 2,                       optional; must match the script (train_2d.py / train_3d.py)
       "model_name": "fnoreg",
       "model_config": {"preset": "small", ...},     see models.registry
-      "train_config": {...},                        see TRAIN_DEFAULTS below
+      "train_config": {...},                        see engine.train_config
       "data_config": {...}                          see data.config
     }
 
-The resolved config (every default filled in) is what is stored as ``config.json`` in an
-experiment folder, and what a restart reads back.
+Each section is checked in one place, by the module that owns it: ``model_name`` and
+``model_config`` by :func:`models.registry.resolve_model_config`, ``data_config`` by
+:func:`data.config.validate_data_config`, ``train_config`` by
+:func:`engine.train_config.validate_train_config`. :func:`resolve_config` checks the top level and
+composes them. The resolved config (every default filled in) is what is stored as
+``config.json`` in an experiment folder, and what a restart reads back.
 """
 
 from pathlib import Path
 
 from data.config import validate_data_config
+from engine.train_config import validate_train_config
 from models.registry import resolve_model_config
 from utils.errors import ConfigError
-from utils.schema import check_value, validate_section
 from utils.fileio import read_json
+from utils.schema import check_value
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
-# key: (allowed types, default). ``None`` in the types admits JSON null.
-TRAIN_SCHEMA = {
-    "lr": ((int, float), 1e-4),
-    "batch_size": (int, 8),
-    "epochs": (int, 80),
-    "steps_per_epoch": ((int, None), None),  # null: one pass over all training pairs
-    "reg_param": ((int, float), 0.01),
-    "seg_param": ((int, float), 0.0),
-    "similarity": (str, "mse"),
-    "ncc_window": (int, 9),
-    "ckpt_freq": (int, 10),
-    "val_freq": (int, 1),
-    "image_log_freq": (int, 5),
-    "seed": (int, 0),
-    "size": ((int, None), None),  # smallest side of the training shape; null: the data's own
-    "lr_schedule": ((dict, None), None),
-    "grad_clip": ((int, float, None), None),
-    "val_batch_size": ((int, None), None),  # null: batch_size
-}
-SCHEDULE_SCHEMA = {
-    "step": {"step_size": (int, None), "gamma": ((int, float), 0.1)},
-    "cosine": {"min_lr": ((int, float), 0.0)},
-    "exponential": {"gamma": ((int, float), None)},
-}
 TOP_LEVEL = ("description", "dim", "model_name", "model_config", "train_config", "data_config")
-
-
-def _validate_train(given):
-    cfg = validate_section(given, TRAIN_SCHEMA, "train_config")
-    for key in ("batch_size", "epochs", "ckpt_freq", "val_freq", "image_log_freq", "ncc_window"):
-        if cfg[key] < 1:
-            raise ConfigError(f"train_config.{key} must be at least 1, got {cfg[key]}")
-    for key in ("steps_per_epoch", "size", "val_batch_size"):
-        if cfg[key] is not None and cfg[key] < 1:
-            raise ConfigError(f"train_config.{key} must be at least 1 or null, got {cfg[key]}")
-    if cfg["lr"] <= 0:
-        raise ConfigError(f"train_config.lr must be positive, got {cfg['lr']}")
-    for key in ("reg_param", "seg_param"):
-        if cfg[key] < 0:
-            raise ConfigError(f"train_config.{key} must be non-negative, got {cfg[key]}")
-    if cfg["similarity"] not in ("mse", "ncc"):
-        raise ConfigError(f"train_config.similarity must be 'mse' or 'ncc', got {cfg['similarity']!r}")
-    schedule = cfg["lr_schedule"]
-    if schedule is not None:
-        kind = schedule.get("type")
-        if kind not in SCHEDULE_SCHEMA:
-            raise ConfigError(
-                f"train_config.lr_schedule.type must be one of {', '.join(SCHEDULE_SCHEMA)} (or lr_schedule null), "
-                f"got {kind!r}"
-            )
-        rest = {k: v for k, v in schedule.items() if k != "type"}
-        cfg["lr_schedule"] = {"type": kind, **validate_section(rest, SCHEDULE_SCHEMA[kind], "train_config.lr_schedule")}
-    return cfg
 
 
 def resolve_config(raw, dim, source="config"):
@@ -115,7 +68,7 @@ def resolve_config(raw, dim, source="config"):
         "dim": dim,
         "model_name": raw["model_name"],
         "model_config": model_config,
-        "train_config": _validate_train(raw.get("train_config", {})),
+        "train_config": validate_train_config(raw.get("train_config", {})),
         "data_config": validate_data_config(raw.get("data_config", {}), dim),
     }
 

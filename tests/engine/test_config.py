@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from utils.config import CONFIG_DIR, TRAIN_SCHEMA, find_config_file, load_config, resolve_config
+from engine.config import CONFIG_DIR, find_config_file, load_config, resolve_config
+from engine.train_config import TRAIN_SCHEMA
 from utils.errors import ConfigError
 
 MINIMAL = {"model_name": "fnoreg", "model_config": {"preset": "small"}}

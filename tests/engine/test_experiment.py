@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from utils import experiment as xp
+from engine import experiment as xp
 from utils.errors import UserError
 from utils.fileio import atomic_torch_save, write_json
 

@@ -9,17 +9,18 @@ import torch
 
 from data.dataset import load_split
 from data.phantom import write_phantom_dataset
+from engine import experiment as xp
+from engine.checkpoint import save_weights
+from engine.config import resolve_config
+from engine.evaluation import evaluate_experiment, evaluate_main, evaluation_shapes, output_folder, panel_pairs
+from engine.metrics import hd95_per_label
+from engine.reports import RUN_KEYS, format_table
+from engine.scoring import PairMetrics
+from engine.training import train_main
 from models import build_model
-from utils import experiment as xp
-from utils.checkpoint import save_weights
 from utils.cli import run_cli
-from utils.config import resolve_config
 from utils.errors import UserError
-from utils.evaluation import (RUN_KEYS, PairMetrics, evaluate_experiment, evaluate_main, evaluation_shapes,
-                              format_table, output_folder, panel_pairs)
 from utils.fileio import write_json
-from utils.metrics import hd95_per_label
-from utils.training import train_main
 
 SUMMARY_KEYS = {"n_pairs", "eval_size", "initial_dice_mean", "dice_mean", "dice_std", "folding_percent_mean",
                 "folding_percent_std", "sdlogj_mean", "hd95_mean", "time_per_pair_s", "n_params", "checkpoint",

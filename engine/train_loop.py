@@ -1,13 +1,7 @@
-"""Training: the loop behind ``train_2d.py`` and ``train_3d.py`` (one code path for both).
+"""The epoch loop of a training run: steps, validation, logging, checkpoints, interruption.
 
-Modes, chosen by the flags (see ``utils.cli.train_parser``):
-
-- ``--config_file C``: a new experiment with the next free number.
-- ``--exp_num N``: restart experiment N from scratch with the ``config.json`` stored in its
-  folder; the previous run's checkpoints, weights, plots and history move to
-  ``previous_runs/run<k>/`` and its TensorBoard logs stay in ``logs/run<k>/``.
-- ``--exp_num N --ckpt_epoch E``: resume from the checkpoint of epoch E (model, optimizer, LR
-  schedule, RNG, epoch and step counters, metric history); TensorBoard continues the same run.
+:class:`TrainingLoop` holds the part of :class:`engine.training.Trainer` that runs once the run is
+set up (the setup, the resume state and the experiment folder are in :mod:`engine.training`).
 
 Determinism: the order of training pairs in epoch ``e`` is a permutation drawn from a generator
 seeded with ``(seed, e)`` alone, and checkpoints hold every other piece of state, so on the CPU
@@ -25,23 +19,16 @@ import time
 from contextlib import contextmanager
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from data.dataset import load_splits
-from data.resize import shape_for_size
-from losses import RegistrationLoss, one_hot
-from models import build_model, count_parameters, to_pixel_units, warp
-from utils import experiment as xp
-from utils.batches import DeviceSplit
-from utils.checkpoint import list_checkpoint_epochs, load_checkpoint, save_checkpoint, save_weights
-from utils.config import load_config, resolve_config
-from utils.device import select_device
-from utils.distributed import any_rank, barrier, broadcast_object, init_distributed, shutdown
-from utils.errors import ConfigError, UserError
-from utils.fileio import read_json, write_json
-from utils.metrics import folding_percent, mean_dice
-from utils.plotting import TRAIN_COLUMNS, plot_history, registration_panel
+from engine import experiment as xp
+from engine.checkpoint import list_checkpoint_epochs, save_checkpoint, save_weights
+from engine.metrics import folding_percent, mean_dice
+from engine.plotting import TRAIN_COLUMNS, plot_history, registration_panel
+from losses import one_hot
+from models import to_pixel_units, warp
+from utils.distributed import any_rank, barrier, shutdown
+from utils.fileio import write_json
 
 EXIT_INTERRUPTED = 130
 PLOT_INTERVAL_S = 60
@@ -49,18 +36,6 @@ PLOT_INTERVAL_S = 60
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-def _schedule(optimizer, cfg, epochs):
-    spec = cfg["lr_schedule"]
-    if spec is None:
-        return None
-    kind = spec["type"]
-    if kind == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, spec["step_size"], spec["gamma"])
-    if kind == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs, eta_min=spec["min_lr"])
-    return torch.optim.lr_scheduler.ExponentialLR(optimizer, spec["gamma"])
 
 
 def epoch_order(n_pairs, batch_size, steps_per_epoch, seed, epoch):
@@ -102,148 +77,15 @@ def _catch_signals(flag):
             signal.signal(s, handler)
 
 
-class Trainer:
-    """Everything one training run needs, set up from the command-line arguments.
+class TrainingLoop:
+    """The epoch loop, run by :meth:`run`; a base class of :class:`engine.training.Trainer`.
 
-    Parameters
-    ----------
-    dim : int
-        2 or 3.
-    args : argparse.Namespace
-        ``config_file``, ``gpu_num``, ``exp_num``, ``ckpt_epoch``, ``size``.
+    It reads what the trainer's setup provides: ``config``, ``dim``, ``dist``, ``main``,
+    ``device``, ``train`` and ``val`` (:class:`engine.batches.DeviceSplit`), ``loss_fn``,
+    ``label_ids``, ``model``, ``net``, ``optimizer``, ``scheduler``, ``history``,
+    ``start_epoch``, ``start_step``, ``partial_sums``, ``folder``, ``exp_num``, ``run_index``,
+    ``writer``, ``n_params``, ``train_shape`` and ``_state(epoch, step, sums)``.
     """
-
-    def __init__(self, dim, args):
-        self.dim = dim
-        self.dist = init_distributed(use_cuda=args.gpu_num is not None and args.gpu_num >= 0
-                                     and torch.cuda.is_available())
-        self.main = self.dist.is_main
-        if self.dist.enabled and torch.cuda.is_available() and args.gpu_num >= 0:
-            self.device = torch.device(f"cuda:{self.dist.local_rank}")
-            torch.cuda.set_device(self.device)
-        else:
-            self.device = select_device(args.gpu_num, quiet=not self.main)
-        self._resolve_mode(args)
-        tc = self.config["train_config"]
-        if tc["batch_size"] % self.dist.world_size:
-            raise ConfigError(f"train_config.batch_size {tc['batch_size']} must be divisible by the number of "
-                              f"processes ({self.dist.world_size})")
-
-        # Validate the data before any folder is created, so a bad path leaves nothing behind.
-        splits = load_splits(self.config["data_config"], dim, ("train", "val"))
-        full_shape = tuple(splits["train"].images.shape[2:])
-        self.train_shape = shape_for_size(tc["size"], full_shape) if tc["size"] else full_shape
-        if self.resume_state is not None and tuple(self.resume_state["train_size"]) != self.train_shape:
-            raise UserError(f"checkpoint was trained at {tuple(self.resume_state['train_size'])} but --size gives "
-                            f"{self.train_shape}; resume without --size or restart the experiment")
-        antialias = self.config["data_config"]["antialias"]
-        self.train = DeviceSplit(splits["train"], self.train_shape, self.device, antialias)
-        self.val = DeviceSplit(splits["val"], self.train_shape, self.device, antialias) if len(splits["val"].pairs) \
-            else None
-        self.loss_fn = RegistrationLoss(tc["similarity"], tc["reg_param"], tc["seg_param"], tc["ncc_window"])
-        if self.loss_fn.uses_labels and (self.train.labels is None or not bool(self.train.has_labels.all())):
-            raise ConfigError("train_config.seg_param > 0 needs a label map for every training subject; "
-                              "set seg_param to 0 or use a label scheme the data has")
-        self.label_ids = splits["train"].label_ids
-
-        torch.manual_seed(tc["seed"])
-        self.model = build_model(self.config["model_name"], self.config["model_config"], dim).to(self.device)
-        self.n_params = count_parameters(self.model)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc["lr"])
-        self.scheduler = _schedule(self.optimizer, tc, tc["epochs"])
-        self.history = {}
-        self.start_epoch, self.start_step, self.partial_sums = 0, 0, None
-        if self.resume_state is not None:
-            self._load_state(self.resume_state)
-        self.net = self.model
-        if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = DistributedDataParallel(self.model, device_ids=ids)
-        self._prepare_folder()
-
-    # ----------------------------------------------------------------------------- setup
-    def _resolve_mode(self, args):
-        self.resume_state = None
-        if args.exp_num is None:
-            if args.ckpt_epoch is not None:
-                raise UserError("--ckpt_epoch needs --exp_num (the experiment to resume)")
-            if not args.config_file:
-                raise UserError("give --config_file CONFIG for a new experiment, or --exp_num N to restart one")
-            self.config, _ = load_config(args.config_file, self.dim)
-            self.mode, self.folder, self.exp_num = "start", None, None
-        else:
-            if args.config_file:
-                raise UserError(f"--exp_num {args.exp_num} uses the config.json stored in its folder; drop "
-                                "--config_file (edit that config.json to change settings)")
-            self.folder = xp.experiment_dir(self.dim, args.exp_num)
-            self.exp_num = args.exp_num
-            path = self.folder / "config.json"
-            self.config = resolve_config(read_json(path), self.dim, source=str(path))
-            self.mode = "restart" if args.ckpt_epoch is None else "resume"
-            if args.ckpt_epoch is not None:
-                self.resume_state = load_checkpoint(self.folder, args.ckpt_epoch)
-        if args.size is not None:
-            self.config["train_config"]["size"] = args.size
-
-    def _prepare_folder(self):
-        if self.main:
-            if self.mode == "start":
-                self.exp_num, self.folder = xp.create_experiment(self.dim)
-                write_json(self.folder / "config.json", self.config)
-                xp.write_metadata(self.folder, xp.new_metadata(self.exp_num, self.config, self.n_params,
-                                                               self.train_shape, self.device))
-            elif self.mode == "restart":
-                archived = xp.archive_previous_run(self.folder)
-                if archived:
-                    print(f"restart: previous run kept in {archived}", file=sys.stderr)
-                write_json(self.folder / "config.json", self.config)
-            (self.folder / "checkpoints").mkdir(exist_ok=True)
-            self.run_index = xp.start_run(self.folder, self.mode, self.start_epoch, self.device,
-                                          self.train_shape, self.n_params)
-            if self.dist.enabled:
-                meta = xp.read_metadata(self.folder)
-                meta["runs"][-1]["world_size"] = self.dist.world_size
-                xp.write_metadata(self.folder, meta)
-        self.exp_num, self.folder = broadcast_object((self.exp_num, self.folder), self.dist)
-        self.writer = None
-        if self.main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            log_dir = self.folder / "logs" / f"run{xp.log_run_number(self.folder)}"
-            # On resume, drop events written after the checkpoint so the curves continue cleanly.
-            purge = self.start_epoch + 1 if self.mode == "resume" else None
-            self.writer = SummaryWriter(str(log_dir), purge_step=purge)
-
-    def _load_state(self, state):
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self.history = state["history"]
-        self.start_epoch = state["epoch"]
-        self.start_step = state.get("step", 0)
-        self.partial_sums = state.get("epoch_sums")
-
-    def _state(self, epoch, step=0, epoch_sums=None):
-        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        return {
-            "model": self.model.state_dict(),
-            "model_name": self.config["model_name"],
-            "model_config": self.config["model_config"],
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng},
-            # epoch = completed epochs; step > 0: that many steps of epoch + 1 are done too.
-            "epoch": epoch,
-            "step": step,
-            "epoch_sums": epoch_sums,
-            "history": self.history,
-            "train_size": list(self.train_shape),
-            "config": self.config,
-        }
 
     # ----------------------------------------------------------------------------- steps
     def _loss(self, net, batch, loss_fn=None):
@@ -458,12 +300,3 @@ class Trainer:
             resume_epoch = epoch
         print(f"interrupted: saved {path} ({done_steps} steps of epoch {epoch} done); resume with "
               f"--exp_num {self.exp_num} --ckpt_epoch {resume_epoch}", file=sys.stderr)
-
-
-def train_main(dim, argv=None):
-    """Entry point shared by ``train_2d.py`` and ``train_3d.py``."""
-    from utils.cli import train_parser
-
-    args = train_parser(dim).parse_args(argv)
-    return Trainer(dim, args).run()
-

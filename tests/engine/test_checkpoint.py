@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from engine.checkpoint import list_checkpoint_epochs, load_checkpoint, load_model, save_checkpoint, save_weights
 from models import build_model
-from utils.checkpoint import list_checkpoint_epochs, load_checkpoint, load_model, save_checkpoint, save_weights
 from utils.errors import UserError
 
 

@@ -1,7 +1,12 @@
-"""Input validation shared by models, warping, losses and metrics.
+"""Displacement-field conventions shared by models, warping, losses and metrics.
 
-Each check raises :class:`utils.errors.ShapeError` with a message that names the tensor and
-its shape, instead of letting a shape mismatch surface deep inside torch.
+Shape checks: each raises :class:`utils.errors.ShapeError` with a message that names the tensor
+and its shape, instead of letting a shape mismatch surface deep inside torch.
+
+Units: a field is (B, d, *spatial) in normalised coordinates (each axis spans [-1, 1] with
+``align_corners=True``; see :mod:`models.warp`); along an axis of length N one normalised unit
+is ``(N - 1) / 2`` pixels. :func:`to_pixel_units` and :func:`to_normalised_units` convert,
+channel by channel.
 """
 
 import torch
@@ -56,3 +61,21 @@ def check_field(flow, name="displacement field"):
             f"expected one channel per axis"
         )
     return d
+
+
+def _axis_scale(shape, device, dtype):
+    """(N_i - 1) / 2 per spatial axis, shaped to broadcast over (B, d, *spatial)."""
+    scale = torch.tensor([(n - 1) / 2.0 for n in shape], device=device, dtype=dtype)
+    return scale.view(1, len(shape), *([1] * len(shape)))
+
+
+def to_pixel_units(flow):
+    """Convert a normalised displacement field to pixel (voxel) units, channel by channel."""
+    check_field(flow)
+    return flow * _axis_scale(flow.shape[2:], flow.device, flow.dtype)
+
+
+def to_normalised_units(flow_pixels):
+    """Inverse of :func:`to_pixel_units`."""
+    check_field(flow_pixels)
+    return flow_pixels / _axis_scale(flow_pixels.shape[2:], flow_pixels.device, flow_pixels.dtype)

@@ -6,11 +6,13 @@ One code path for 2D and 3D. ``evaluate_<d>d.py --exp_num N`` reads experiment N
 at full resolution, the data's native shape, as published (DESIGN.md A.6). ``--size S [S ...]``
 evaluates at other resolutions instead (smallest side ``S``, aspect ratio kept), one output
 folder per size, so ``--size 80 160`` gives the train-resolution / test-resolution table.
+This module drives an evaluation; the registration loop that scores each pair is
+:mod:`engine.scoring`, the tables and files it writes are :mod:`engine.reports`.
 
 Protocol
 --------
 - Everything runs under ``torch.inference_mode()`` on the chosen device; the split is read once
-  and resized there (images linearly, labels by nearest neighbour; ``utils.batches.DeviceSplit``).
+  and resized there (images linearly, labels by nearest neighbour; ``engine.batches.DeviceSplit``).
 - Pairs go through the model in batches (``--batch_size``, default the config's validation batch
   size). Time per pair is the forward pass plus the image warp of a batch, measured with device
   synchronisation after a warm-up pass of each batch size, divided by the batch size. With
@@ -20,7 +22,7 @@ Protocol
   ``log(clamp(J, 1e-9))``), both of ``x + u(x)`` in pixel units of the evaluation grid; HD95 per
   label after registration, in voxels of the full-resolution grid (millimetres for 1 mm data
   such as OASIS), so that it compares across ``--size``. A pair score is the mean over the
-  labels present in either map (``utils.metrics``).
+  labels present in either map (``engine.metrics``).
 - Pairs whose subjects lack a label map are registered and scored on folding, SDlogJ and time;
   their Dice and HD95 are NaN and they are left out of every Dice and HD95 mean
   (``summary.json`` counts them in ``n_pairs_without_labels``).
@@ -38,77 +40,29 @@ split)::
     dice_boxplot.png  per-label Dice before and after registration
 """
 
-import csv
-import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from data.dataset import load_split
 from data.resize import shape_for_size
-from models import count_parameters, to_pixel_units, warp
-from utils import experiment as xp
-from utils.batches import DeviceSplit
-from utils.checkpoint import load_model
+from engine import experiment as xp
+from engine.batches import DeviceSplit
+from engine.checkpoint import load_model
+from engine.config import resolve_config
+from engine.plotting import dice_boxplot, registration_panel, save_figure
+from engine.reports import format_table, summarize, write_per_label_csv, write_per_pair_csv
+from engine.scoring import register_split
+from models import count_parameters, to_pixel_units
 from utils.cli import evaluate_parser
-from utils.config import resolve_config
-from utils.device import select_device, synchronize
+from utils.device import select_device
 from utils.errors import ConfigError, UserError
 from utils.fileio import read_json, write_json
-from utils.metrics import dice_per_label, folding_percent, hd95_per_label, jacobian_determinant, sdlogj
-from utils.plotting import dice_boxplot, registration_panel, save_figure
 
 N_PANELS = 3
-HD95_UNITS = "voxels of the full-resolution grid (mm for 1 mm data such as OASIS)"
-# Keys of summary.json that measure time or describe the run rather than the model's output.
-RUN_KEYS = ("time_per_pair_s", "time_per_pair_std_s", "time_per_pair_median_s", "wall_time_s", "created",
-            "git_commit", "versions")
-
-
-@dataclass
-class PairMetrics:
-    """Per-pair results of one evaluation (pairs in the split's order).
-
-    Attributes
-    ----------
-    dice_before, dice_after, hd95 : numpy.ndarray
-        (n_pairs, n_labels) float64; NaN for labels absent from both maps and for pairs
-        without label maps (HD95: also for labels absent from either map).
-    folding, sdlogj, time_s : numpy.ndarray
-        (n_pairs,) float64: % of pixels with J < 0, SDlogJ, seconds of forward + warp.
-    labelled : numpy.ndarray
-        (n_pairs,) bool: both subjects of the pair have a label map.
-    """
-
-    dice_before: np.ndarray
-    dice_after: np.ndarray
-    hd95: np.ndarray
-    folding: np.ndarray
-    sdlogj: np.ndarray
-    time_s: np.ndarray
-    labelled: np.ndarray
-
-    @staticmethod
-    def pair_score(per_label):
-        """Mean over the labels of each pair, skipping NaN; NaN where a pair has none."""
-        finite = np.isfinite(per_label)
-        count = finite.sum(1)
-        total = np.where(finite, per_label, 0.0).sum(1)
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
-
-
-def _mean_std(values):
-    """Mean and population std of the finite values; (None, None) when there are none (JSON null)."""
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return None, None
-    return float(values.mean()), float(values.std())
 
 
 def evaluation_parser(dim):
@@ -151,177 +105,6 @@ def panel_pairs(n_pairs, n_panels):
     if n_panels <= 0 or n_pairs == 0:
         return []
     return sorted({int(round(i)) for i in np.linspace(0, n_pairs - 1, min(n_panels, n_pairs))})
-
-
-def _forward_warp(model, moving, fixed):
-    return (flow := model(moving, fixed)), warp(moving, flow)
-
-
-def timed_registration(model, moving, fixed, device):
-    """Displacement, warped image and seconds of ``model`` forward + warp, synchronised on ``device``."""
-    synchronize(device)
-    start = time.perf_counter()
-    flow, warped = _forward_warp(model, moving, fixed)
-    synchronize(device)
-    return flow, warped, time.perf_counter() - start
-
-
-@torch.inference_mode()
-def register_split(model, data, label_ids, batch_size, hd95_spacing=None, panels=(), on_panel=None,
-                   progress=True, desc="pairs"):
-    """Register every pair of ``data`` and score it.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        In eval mode, on ``data.device``.
-    data : utils.batches.DeviceSplit
-        The split at the evaluation shape.
-    label_ids : sequence of int
-        Labels to score (background excluded).
-    batch_size : int
-        Pairs per forward pass.
-    hd95_spacing : sequence of float, optional
-        Voxel size per axis for HD95 (default 1).
-    panels : collection of int
-        Pair indices for which ``on_panel`` is called.
-    on_panel : callable, optional
-        ``on_panel(index, pair)``, called as soon as pair ``index`` is scored, with a dict of its
-        ``fixed``, ``moving``, ``warped`` ((*spatial) tensors on the device), ``flow`` ((1, d, *spatial),
-        normalised), ``jacobian`` and ``scores`` (dice_before, dice_after, folding, sdlogj).
-    progress : bool
-        Show a tqdm bar over pairs (it advances as each pair's HD95 is done, the slow part in 3D).
-    desc : str
-        Label of the progress bar.
-
-    Returns
-    -------
-    PairMetrics
-    """
-    n, n_labels = len(data), len(label_ids)
-    out = PairMetrics(*(np.full((n, n_labels), np.nan) for _ in range(3)),
-                      *(np.zeros(n) for _ in range(3)), labelled=np.zeros(n, dtype=bool))
-    device, panels = data.device, set(panels)
-    # Warm-up: first calls allocate memory and plan FFTs; one pass per batch size seen below.
-    for size in sorted({min(batch_size, n), n % batch_size or batch_size}):
-        if n:
-            warm = data.batch(torch.arange(size))
-            _forward_warp(model, warm.moving, warm.fixed)
-    synchronize(device)
-
-    bar = tqdm(total=n, desc=desc, unit="pair", disable=not progress, dynamic_ncols=True, leave=False)
-    try:
-        dice_so_far = ""
-        for idx, batch in data.batches(batch_size):
-            # The stage shows in the bar: a 3D pair spends seconds in the forward pass and in HD95.
-            bar.set_postfix_str(f"{dice_so_far}registering", refresh=True)
-            flow, warped, seconds = timed_registration(model, batch.moving, batch.fixed, device)
-            rows = idx.numpy()
-            out.time_s[rows] = seconds / len(rows)
-            jac = jacobian_determinant(flow)
-            out.folding[rows] = folding_percent(jacobian=jac).cpu().numpy()
-            out.sdlogj[rows] = sdlogj(jacobian=jac).cpu().numpy()
-            warped_labels = None
-            if batch.moving_labels is not None:
-                labelled = batch.has_labels.cpu().numpy()
-                out.labelled[rows] = labelled
-                warped_labels = warp(batch.moving_labels, flow)  # integer maps: nearest neighbour
-                before = dice_per_label(batch.moving_labels, batch.fixed_labels, label_ids).cpu().numpy()
-                after = dice_per_label(warped_labels, batch.fixed_labels, label_ids).cpu().numpy()
-                out.dice_before[rows[labelled]] = before[labelled]
-                out.dice_after[rows[labelled]] = after[labelled]
-            for k, row in enumerate(rows):
-                if out.labelled[row]:
-                    bar.set_postfix_str(f"{dice_so_far}HD95", refresh=True)
-                    out.hd95[row] = hd95_per_label(warped_labels[k : k + 1], batch.fixed_labels[k : k + 1],
-                                                   label_ids, hd95_spacing)[0]
-                if row in panels and on_panel is not None:
-                    scores = {"dice_before": PairMetrics.pair_score(out.dice_before[row : row + 1])[0],
-                              "dice_after": PairMetrics.pair_score(out.dice_after[row : row + 1])[0],
-                              "folding": out.folding[row], "sdlogj": out.sdlogj[row]}
-                    on_panel(int(row), {"fixed": batch.fixed[k, 0], "moving": batch.moving[k, 0],
-                                        "warped": warped[k, 0], "flow": flow[k : k + 1], "jacobian": jac[k],
-                                        "scores": scores})
-                bar.update(1)
-            done = out.labelled[: rows[-1] + 1]
-            if done.any():
-                dice_so_far = f"Dice {np.mean(PairMetrics.pair_score(out.dice_after[: rows[-1] + 1][done])):.4f}, "
-        bar.set_postfix_str(dice_so_far.rstrip(", "), refresh=True)
-    finally:
-        bar.close()
-    return out
-
-
-def summarize(metrics, label_ids):
-    """Means and standard deviations over pairs (Dice and HD95 over labelled pairs only).
-
-    Returns
-    -------
-    dict
-        The metric part of ``summary.json``.
-    """
-    labelled = metrics.labelled
-    initial = PairMetrics.pair_score(metrics.dice_before)[labelled]
-    after = PairMetrics.pair_score(metrics.dice_after)[labelled]
-    hd95 = PairMetrics.pair_score(metrics.hd95)[labelled]
-    s = {"n_pairs": int(len(labelled)), "n_pairs_with_labels": int(labelled.sum()),
-         "n_pairs_without_labels": int((~labelled).sum()), "n_labels": len(label_ids)}
-    s["initial_dice_mean"], s["initial_dice_std"] = _mean_std(initial)
-    s["dice_mean"], s["dice_std"] = _mean_std(after)
-    s["dice_median"] = float(np.median(after)) if np.isfinite(after).any() else None
-    s["folding_percent_mean"], s["folding_percent_std"] = _mean_std(metrics.folding)
-    s["sdlogj_mean"], s["sdlogj_std"] = _mean_std(metrics.sdlogj)
-    s["hd95_mean"], s["hd95_std"] = _mean_std(hd95)
-    s["hd95_units"] = HD95_UNITS
-    s["time_per_pair_s"], s["time_per_pair_std_s"] = _mean_std(metrics.time_s)
-    s["time_per_pair_median_s"] = float(np.median(metrics.time_s)) if len(metrics.time_s) else None
-    s["notes"] = ("Dice and HD95 are means over the pairs with label maps; pair scores average the labels "
-                  "present in either map. Pairs without label maps count towards folding, SDlogJ and time only.")
-    return s
-
-
-def _fmt(value):
-    """CSV cell: integers as they are, floats with 8 significant digits, NaN as ``nan``."""
-    if isinstance(value, (bool, np.bool_)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return "nan" if not math.isfinite(value) else f"{value:.8g}"
-    return value
-
-
-def _write_csv(path, header, rows):
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows([_fmt(v) for v in row] for row in rows)
-
-
-def write_per_pair_csv(path, metrics, split):
-    """One row per pair: subjects, labels present, initial Dice, Dice, folding, SDlogJ, HD95, time."""
-    initial = PairMetrics.pair_score(metrics.dice_before)
-    after = PairMetrics.pair_score(metrics.dice_after)
-    hd95 = PairMetrics.pair_score(metrics.hd95)
-    pairs = split.pairs.tolist()
-    rows = [(p, split.subjects[m], split.subjects[f], metrics.labelled[p], initial[p], after[p], metrics.folding[p],
-             metrics.sdlogj[p], hd95[p], metrics.time_s[p]) for p, (m, f) in enumerate(pairs)]
-    _write_csv(path, ["pair", "moving", "fixed", "has_labels", "initial_dice", "dice", "folding_percent", "sdlogj",
-                      "hd95", "time_s"], rows)
-
-
-def write_per_label_csv(path, metrics, label_ids, label_names):
-    """One row per label: id, name, pairs where it is present, Dice before/after and HD95 (mean, std)."""
-    rows = []
-    for k, label in enumerate(label_ids):
-        before, after, hd = metrics.dice_before[:, k], metrics.dice_after[:, k], metrics.hd95[:, k]
-        rows.append((label, label_names.get(label, ""), int(np.isfinite(after).sum()), *_nan_to_cells(before),
-                     *_nan_to_cells(after), *_nan_to_cells(hd)))
-    _write_csv(path, ["label", "name", "n_pairs", "initial_dice_mean", "initial_dice_std", "dice_mean", "dice_std",
-                      "hd95_mean", "hd95_std"], rows)
-
-
-def _nan_to_cells(values):
-    mean, std = _mean_std(values)
-    return (float("nan") if mean is None else mean), (float("nan") if std is None else std)
 
 
 def _panel_title(split, index, scores):
@@ -399,27 +182,6 @@ def evaluate_at(model, split, size, shape, out_dir, context, batch_size, n_panel
                "batch_size": int(batch_size), "created": xp.now(), "wall_time_s": time.perf_counter() - started}
     write_json(out_dir / "summary.json", summary)
     return summary
-
-
-def format_table(summaries):
-    """The printed summary: one row per evaluation size."""
-    header = ["size", "shape", "pairs", "Dice before", "Dice after", "folding %", "SDlogJ", "HD95", "ms/pair"]
-
-    def pm(mean, std, digits):
-        return "n/a" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-    def num(value, digits):
-        return "n/a" if value is None else f"{value:.{digits}f}"
-
-    rows = [[str(s["eval_size"]), "x".join(map(str, s["eval_shape"])), str(s["n_pairs"]),
-             num(s["initial_dice_mean"], 4), pm(s["dice_mean"], s["dice_std"], 4),
-             pm(s["folding_percent_mean"], s["folding_percent_std"], 3), num(s["sdlogj_mean"], 4),
-             num(s["hd95_mean"], 2), num(None if s["time_per_pair_s"] is None else 1000 * s["time_per_pair_s"], 2)]
-            for s in summaries]
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def _load_experiment_config(dim, exp_num):
@@ -511,6 +273,5 @@ def evaluate_main(dim, argv=None):
     return 0
 
 
-__all__ = ["PairMetrics", "evaluate_at", "evaluate_experiment", "evaluate_main", "evaluation_parser",
-           "evaluation_shapes", "format_table", "output_folder", "panel_pairs", "register_split", "summarize",
-           "timed_registration", "write_per_label_csv", "write_per_pair_csv"]
+__all__ = ["evaluate_at", "evaluate_experiment", "evaluate_main", "evaluation_parser", "evaluation_shapes",
+           "output_folder", "panel_pairs"]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from utils.plotting import PANEL_COLUMNS, TRAIN_COLUMNS, dice_boxplot, registration_panel, save_figure
+from engine.plotting import PANEL_COLUMNS, TRAIN_COLUMNS, dice_boxplot, registration_panel, save_figure
 
 
 def pair(shape):

@@ -49,15 +49,15 @@ import torch
 
 from data.nifti import drop_trailing_singletons, integral_labels
 from data.resize import resize_images, resize_labels
+from engine import experiment as xp
+from engine.checkpoint import load_model
+from engine.metrics import folding_percent, jacobian_determinant, mean_dice, sdlogj
+from engine.plotting import registration_panel, save_figure
+from engine.scoring import timed_registration
 from models import to_pixel_units, warp
-from utils import experiment as xp
-from utils.checkpoint import load_model
 from utils.device import select_device
 from utils.errors import DataError, ShapeError, UserError
-from utils.evaluation import timed_registration
 from utils.fileio import write_json
-from utils.metrics import folding_percent, jacobian_determinant, mean_dice, sdlogj
-from utils.plotting import registration_panel, save_figure
 
 OUTPUTS = {"warped": "warped.nii.gz", "displacement": "displacement.nii.gz", "jacobian": "jacobian.nii.gz",
            "warped_seg": "warped_seg.nii.gz", "summary": "registration.json", "panel": "registration.png"}

@@ -187,7 +187,7 @@ def dice_boxplot(before, after, label_ids, label_names=None, title=None):
     names = label_names or {}
     groups = []
     with np.errstate(all="ignore"):
-        # The pair score skips absent labels, as utils.metrics.mean_dice does.
+        # The pair score skips absent labels, as engine.metrics.mean_dice does.
         valid = np.isfinite(before).any(1)
         pair_b = np.array([np.nanmean(r) for r in before[valid]])
         pair_a = np.array([np.nanmean(r) for r in after[valid]])

@@ -18,9 +18,8 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from models.checks import check_field, check_same_spatial, check_spatial
-from models.warp import to_pixel_units
 from utils.errors import ShapeError
+from utils.fields import check_field, check_same_spatial, check_spatial, to_pixel_units
 
 
 def _check_labels(a, b):

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils import experiment as xp
-from utils.checkpoint import list_checkpoint_epochs
+from engine import experiment as xp
+from engine.checkpoint import list_checkpoint_epochs
+from engine.training import train_main
 from utils.cli import run_cli
-from utils.training import train_main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,7 +105,7 @@ def test_interrupt_saves_checkpoint_and_resume_continues_exactly(tmp_path, exp_r
     assert train("--config_file", cfg) == 0
     straight = weights(exp_root / "2d" / "exp1")
 
-    from utils.batches import DeviceSplit
+    from engine.batches import DeviceSplit
 
     original = DeviceSplit.batch
     calls = {"n": 0}
@@ -222,7 +222,7 @@ def test_ddp_two_processes_on_cpu(tmp_path, exp_root):
 
 
 def test_epoch_order_depends_only_on_seed_and_epoch():
-    from utils.training import epoch_order
+    from engine.train_loop import epoch_order
 
     a = epoch_order(20, 8, None, seed=1, epoch=3)
     assert a.shape == (2, 8)  # incomplete last batch dropped

@@ -4,9 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from models import identity_grid, to_normalised_units
-from utils.errors import ShapeError
-from utils.metrics import (
+from engine.metrics import (
     dice_per_label,
     folding_percent,
     hd95_per_label,
@@ -15,6 +13,8 @@ from utils.metrics import (
     sdlogj,
     surface_mask,
 )
+from models import identity_grid, to_normalised_units
+from utils.errors import ShapeError
 
 
 @pytest.mark.parametrize("dim", [2, 3])

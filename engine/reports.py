@@ -1,0 +1,123 @@
+"""The tables and files an evaluation writes: ``summary.json`` entries, ``per_pair.csv``,
+``per_label.csv``, and the table printed by ``evaluate_<d>d.py``.
+
+Means and standard deviations are over pairs; NaN (labels absent from both maps, pairs without
+label maps) is left out, and a statistic with no finite value is null in JSON and ``nan`` in CSV.
+"""
+
+import csv
+import math
+
+import numpy as np
+
+from engine.scoring import PairMetrics
+
+HD95_UNITS = "voxels of the full-resolution grid (mm for 1 mm data such as OASIS)"
+# Keys of summary.json that measure time or describe the run rather than the model's output.
+RUN_KEYS = ("time_per_pair_s", "time_per_pair_std_s", "time_per_pair_median_s", "wall_time_s", "created",
+            "git_commit", "versions")
+
+
+def _mean_std(values):
+    """Mean and population std of the finite values; (None, None) when there are none (JSON null)."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None, None
+    return float(values.mean()), float(values.std())
+
+
+def summarize(metrics, label_ids):
+    """Means and standard deviations over pairs (Dice and HD95 over labelled pairs only).
+
+    Returns
+    -------
+    dict
+        The metric part of ``summary.json``.
+    """
+    labelled = metrics.labelled
+    initial = PairMetrics.pair_score(metrics.dice_before)[labelled]
+    after = PairMetrics.pair_score(metrics.dice_after)[labelled]
+    hd95 = PairMetrics.pair_score(metrics.hd95)[labelled]
+    s = {"n_pairs": int(len(labelled)), "n_pairs_with_labels": int(labelled.sum()),
+         "n_pairs_without_labels": int((~labelled).sum()), "n_labels": len(label_ids)}
+    s["initial_dice_mean"], s["initial_dice_std"] = _mean_std(initial)
+    s["dice_mean"], s["dice_std"] = _mean_std(after)
+    s["dice_median"] = float(np.median(after)) if np.isfinite(after).any() else None
+    s["folding_percent_mean"], s["folding_percent_std"] = _mean_std(metrics.folding)
+    s["sdlogj_mean"], s["sdlogj_std"] = _mean_std(metrics.sdlogj)
+    s["hd95_mean"], s["hd95_std"] = _mean_std(hd95)
+    s["hd95_units"] = HD95_UNITS
+    s["time_per_pair_s"], s["time_per_pair_std_s"] = _mean_std(metrics.time_s)
+    s["time_per_pair_median_s"] = float(np.median(metrics.time_s)) if len(metrics.time_s) else None
+    s["notes"] = ("Dice and HD95 are means over the pairs with label maps; pair scores average the labels "
+                  "present in either map. Pairs without label maps count towards folding, SDlogJ and time only.")
+    return s
+
+
+def _fmt(value):
+    """CSV cell: integers as they are, floats with 8 significant digits, NaN as ``nan``."""
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return "nan" if not math.isfinite(value) else f"{value:.8g}"
+    return value
+
+
+def _write_csv(path, header, rows):
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows([_fmt(v) for v in row] for row in rows)
+
+
+def write_per_pair_csv(path, metrics, split):
+    """One row per pair: subjects, labels present, initial Dice, Dice, folding, SDlogJ, HD95, time."""
+    initial = PairMetrics.pair_score(metrics.dice_before)
+    after = PairMetrics.pair_score(metrics.dice_after)
+    hd95 = PairMetrics.pair_score(metrics.hd95)
+    pairs = split.pairs.tolist()
+    rows = [(p, split.subjects[m], split.subjects[f], metrics.labelled[p], initial[p], after[p], metrics.folding[p],
+             metrics.sdlogj[p], hd95[p], metrics.time_s[p]) for p, (m, f) in enumerate(pairs)]
+    _write_csv(path, ["pair", "moving", "fixed", "has_labels", "initial_dice", "dice", "folding_percent", "sdlogj",
+                      "hd95", "time_s"], rows)
+
+
+def write_per_label_csv(path, metrics, label_ids, label_names):
+    """One row per label: id, name, pairs where it is present, Dice before/after and HD95 (mean, std)."""
+    rows = []
+    for k, label in enumerate(label_ids):
+        before, after, hd = metrics.dice_before[:, k], metrics.dice_after[:, k], metrics.hd95[:, k]
+        rows.append((label, label_names.get(label, ""), int(np.isfinite(after).sum()), *_nan_to_cells(before),
+                     *_nan_to_cells(after), *_nan_to_cells(hd)))
+    _write_csv(path, ["label", "name", "n_pairs", "initial_dice_mean", "initial_dice_std", "dice_mean", "dice_std",
+                      "hd95_mean", "hd95_std"], rows)
+
+
+def _nan_to_cells(values):
+    mean, std = _mean_std(values)
+    return (float("nan") if mean is None else mean), (float("nan") if std is None else std)
+
+
+def format_table(summaries):
+    """The printed summary: one row per evaluation size."""
+    header = ["size", "shape", "pairs", "Dice before", "Dice after", "folding %", "SDlogJ", "HD95", "ms/pair"]
+
+    def pm(mean, std, digits):
+        return "n/a" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+    def num(value, digits):
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    rows = [[str(s["eval_size"]), "x".join(map(str, s["eval_shape"])), str(s["n_pairs"]),
+             num(s["initial_dice_mean"], 4), pm(s["dice_mean"], s["dice_std"], 4),
+             pm(s["folding_percent_mean"], s["folding_percent_std"], 3), num(s["sdlogj_mean"], 4),
+             num(s["hd95_mean"], 2), num(None if s["time_per_pair_s"] is None else 1000 * s["time_per_pair_s"], 2)]
+            for s in summaries]
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+__all__ = ["HD95_UNITS", "RUN_KEYS", "format_table", "summarize", "write_per_label_csv", "write_per_pair_csv"]
