@@ -1,4 +1,4 @@
-"""data_config validation (named test_data_config.py: tests/utils/test_config.py exists)."""
+"""data_config validation (named test_data_config.py: tests/engine/test_config.py exists)."""
 
 import json
 import warnings
