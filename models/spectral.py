@@ -1,44 +1,214 @@
-"""neuraloperator's ``SpectralConv``, with its factorised weight rebuilt once for inference.
+"""neuraloperator's ``SpectralConv`` with a forward pass that is right at every size, and fast.
 
-The spectral layer *is* neuraloperator's ``SpectralConv``: weights, factorisation, mode
-selection, FFTs and the contraction are all its own. The one change: with a factorised (e.g.
-Tucker) weight, neuraloperator reconstructs the dense weight from its factors on every call,
-which for the published presets costs about as much as the rest of the layer at batch size 1.
-While gradients are off (evaluation, validation, ``register.py``) this class keeps the
-reconstructed weight and reuses it until a factor changes (an optimizer step, a state-dict load,
-a device move), which it detects from the factors' storage and version counters. During
-training nothing is cached.
+The spectral layer keeps neuraloperator's weights, factorisations (dense, Tucker, CP, TT), mode
+convention (``n_modes`` low frequencies of both signs on every axis but the last, ``n//2 + 1``
+non-negative ones on the last) and FFT normalisation. Its forward pass is replaced, because
+neuraloperator 2.0.0's has two defects that give wrong fields at odd sizes:
+
+- it undoes the frequency shift with ``fftshift`` where ``ifftshift`` is needed, which on every
+  axis but the last moves each kept mode by one bin when that axis has an odd length (fixed
+  upstream after 2.0.0, neuraloperator PR #688);
+- when an axis is shorter than the kept modes and the difference is odd, it slices the weight
+  one bin off centre.
+
+Here every kept frequency ``f`` of a non-last axis is read from FFT bin ``f mod n`` and uses
+weight index ``f + n_modes // 2``, whatever the parity of ``n``; frequencies the input grid
+cannot hold are dropped. At even sizes the result is exactly neuraloperator's.
+
+Two things make it faster than neuraloperator's layer without changing its result:
+
+- pruned transforms: only the kept columns of the last (real-FFT) axis are transformed along the
+  other axes, forward and inverse;
+- the complex contraction runs as two real batched matrix products over the kept modes, on a
+  contiguous (modes, 2 x batch, C) operand, instead of a complex einsum (whose CPU batched-matmul
+  kernel loops over the batch and whose backward issues thousands of small copies).
+
+The factorised weight is rebuilt from its factors on every call, except inside
+:func:`weight_cache` (evaluation, validation, ``register.py``), which keeps each layer's dense
+weight for the duration of the block and frees it on exit.
 """
+
+import contextlib
 
 import torch
 from neuralop.layers.spectral_convolution import SpectralConv as _SpectralConv
-from neuralop.layers.spectral_convolution import _contract_dense
+
+
+def kept_frequencies(size, kept):
+    """Signed frequencies that a ``kept``-mode kernel uses on an axis of ``size`` samples.
+
+    The kernel holds frequencies ``-(kept // 2) .. kept - kept // 2 - 1`` (neuraloperator's
+    convention); an axis of ``size`` samples holds ``-(size // 2) .. size - size // 2 - 1``.
+    Returns the (low, high) bounds, inclusive, of their intersection.
+    """
+    low = max(-(kept // 2), -(size // 2))
+    high = min(kept - kept // 2 - 1, size - size // 2 - 1)
+    return low, high
+
+
+def _mode_index(low, high, size, device):
+    """FFT bins of the signed frequencies ``low..high`` on an axis of ``size`` samples."""
+    return torch.arange(low, high + 1, device=device) % size
+
+
+def real_weight(weight):
+    """(C_in, C_out, *modes) complex weight -> (2, prod(modes), C_in, C_out) real, contiguous.
+
+    Index 0 holds the real parts, 1 the imaginary parts, each laid out for a batched matmul over
+    the modes; one copy of the weight, no larger than the complex one.
+    """
+    c_in, c_out = weight.shape[:2]
+    return torch.view_as_real(weight.reshape(c_in, c_out, -1)).permute(3, 2, 0, 1).contiguous()
+
+
+def contract_real(x, weight, c_out):
+    """Complex contraction ``y[b, o, m] = sum_i x[b, i, m] w[i, o, m]`` as two real batched matmuls.
+
+    The real and imaginary parts of ``x`` are stacked along the batch axis of one contiguous
+    (modes, 2B, C_in) operand, so each weight entry is read once per product:
+    ``P = X W_re`` and ``Q = X W_im`` give ``Re(xW) = P_re - Q_im`` and ``Im(xW) = Q_re + P_im``.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        (B, C_in, *modes) complex.
+    weight : torch.Tensor
+        (2, prod(modes), C_in, C_out) real, from :func:`real_weight`.
+    c_out : int
+        Output channels.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, C_out, *modes) complex.
+    """
+    batch, c_in, *modes = x.shape
+    parts = torch.view_as_real(x.reshape(batch, c_in, -1)).permute(3, 2, 0, 1)  # (2, M, B, C_in)
+    # Contiguous (M, 2B, C_in): a permuted operand makes the same bmm an order of magnitude slower.
+    operand = torch.cat([parts[0], parts[1]], dim=1)
+    p = torch.bmm(operand, weight[0])
+    q = torch.bmm(operand, weight[1])
+    y = torch.complex(p[:, :batch] - q[:, batch:], q[:, :batch] + p[:, batch:])
+    return y.permute(1, 2, 0).reshape(batch, c_out, *modes)
 
 
 class SpectralConv(_SpectralConv):
-    """``neuralop.layers.spectral_convolution.SpectralConv`` that caches its dense weight in inference.
+    """``neuralop.layers.spectral_convolution.SpectralConv`` with a forward pass right at odd sizes.
 
-    Accepts exactly the arguments of neuraloperator's class (the 'reconstructed' implementation
-    is used, its default). Results are identical to neuraloperator's layer.
-    (The cache key is the storage, version and device of every weight parameter plus the sliced
-    weight's shape, which depends on the input resolution.)
+    Accepts exactly the arguments of neuraloperator's class. Supported: real input
+    (``complex_data=False``), non-separable weights, full precision, no resolution scaling and
+    no ``output_shape``; other settings raise ``NotImplementedError`` at construction.
     """
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("implementation", "reconstructed")
         super().__init__(*args, **kwargs)
-        if self.implementation == "reconstructed" and not self.separable:
-            self._contract = self._contract_cached
+        unsupported = {
+            "complex_data": self.complex_data,
+            "separable": self.separable,
+            "resolution_scaling_factor": self.resolution_scaling_factor is not None,
+            "fno_block_precision": self.fno_block_precision != "full",
+        }
+        bad = [k for k, v in unsupported.items() if v]
+        if bad:
+            raise NotImplementedError(f"models.spectral.SpectralConv does not support {', '.join(bad)}")
+        self._cache_enabled = False
         self._cache = None
 
-    def _contract_cached(self, x, weight, separable=False):
-        params = list(self.weight.parameters())
-        # Parameters created under torch.inference_mode() have no version counter: no cache then.
-        if not torch.is_tensor(weight) and not torch.is_grad_enabled() and not any(p.is_inference() for p in params):
-            # ``weight`` is this call's slice of self.weight; the key uses the module's own parameters.
-            params = tuple((p.data_ptr(), p._version, p.device) for p in params)
-            key = (params, tuple(weight.shape))
+    # -- weight ------------------------------------------------------------------------------
+    def _real_weight(self, slices):
+        """Real weight (:func:`real_weight`) of the kept modes ``slices`` (a tuple of slices, one per axis)."""
+        if self._cache_enabled and not torch.is_grad_enabled():
+            key = (slices, tuple((p.data_ptr(), p._version) for p in self.parameters()))
             if self._cache is None or self._cache[0] != key:
-                self._cache = (key, weight.to_tensor())
-            weight = self._cache[1]
-        return _contract_dense(x, weight, separable=separable)
+                self._cache = None  # free the old one before building the new one
+                self._cache = (key, real_weight(self._dense(slices)))
+            return self._cache[1]
+        return real_weight(self._dense(slices))
+
+    def _dense(self, slices):
+        weight = self.weight[(slice(None), slice(None), *slices)]
+        return weight if torch.is_tensor(weight) else weight.to_tensor()
+
+    def clear_cache(self):
+        """Drop the cached dense weight (if any)."""
+        self._cache = None
+
+    def train(self, mode=True):
+        """Set training mode; leaving inference always drops the cached weight."""
+        if mode:
+            self.clear_cache()
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self.clear_cache()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.clear_cache()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    # -- forward -----------------------------------------------------------------------------
+    def forward(self, x, output_shape=None):
+        """Spectral convolution of ``x`` (B, C_in, *spatial) -> (B, C_out, *spatial), real."""
+        if output_shape is not None and tuple(output_shape) != tuple(x.shape[2:]):
+            raise NotImplementedError("models.spectral.SpectralConv does not resample (output_shape)")
+        *lead, last = range(x.ndim - self.order, x.ndim)
+        sizes = x.shape[2:]
+        kept = list(self.n_modes)  # the last entry is already n // 2 + 1, neuraloperator's convention
+        stored = list(self.weight.shape[2:])  # max_n_modes: the weight's frequency 0 sits at m // 2
+
+        # Real FFT along the last axis, keeping only the kept non-negative frequencies.
+        z = torch.fft.rfft(x, dim=last, norm=self.fft_norm)
+        width = min(kept[-1], z.shape[last])
+        z = z.narrow(last, 0, width)
+        slices, indices = [], []
+        for axis, size, k, m in zip(lead, sizes, kept, stored):
+            low, high = kept_frequencies(size, k)
+            index = _mode_index(low, high, size, x.device)
+            z = torch.fft.fft(z, dim=axis, norm=self.fft_norm).index_select(axis, index)
+            slices.append(slice(m // 2 + low, m // 2 + high + 1))
+            indices.append(index)
+        slices.append(slice(0, width))
+
+        y = contract_real(z, self._real_weight(tuple(slices)), self.out_channels)
+
+        # Inverse: scatter the kept modes back to their bins, transform only what is non-zero.
+        for axis, size, index in reversed(list(zip(lead, sizes, indices))):
+            shape = list(y.shape)
+            shape[axis] = size
+            y = y.new_zeros(shape).index_copy(axis, index, y)
+            y = torch.fft.ifft(y, dim=axis, norm=self.fft_norm)
+        x = torch.fft.irfft(y, n=sizes[-1], dim=last, norm=self.fft_norm)
+        if self.bias is not None:
+            x = x + self.bias
+        return x
+
+
+@contextlib.contextmanager
+def weight_cache(model):
+    """Reuse every spectral layer's rebuilt dense weight inside this block, for inference.
+
+    Rebuilding a factorised weight from its factors costs about as much as the rest of a layer
+    at batch size 1. Inside the block, while gradients are off, each layer rebuilds it once per
+    input size and reuses it; any change to a parameter that PyTorch tracks (an optimizer step,
+    ``load_state_dict``, a device move, ``train()``) drops it. On exit every cache is freed, so
+    nothing is held between validations, and weights written between two blocks (an EMA or
+    Lookahead update, even through ``.data``) are always read afresh. Do not write weights
+    inside the block.
+    """
+    layers = [m for m in model.modules() if isinstance(m, SpectralConv)]
+    for layer in layers:
+        layer._cache_enabled = True
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer._cache_enabled = False
+            layer.clear_cache()
+
+
+def clear_weight_caches(model):
+    """Free every spectral layer's cached dense weight in ``model``."""
+    for m in model.modules():
+        if isinstance(m, SpectralConv):
+            m.clear_cache()
