@@ -25,12 +25,17 @@ def local_ncc(fixed, warped, window=9, eps=1e-5):
         Side of the cubic/square window in pixels (odd). The window is in pixels, so at half
         resolution it covers twice the anatomy; scale it with ``--size`` if that matters.
     eps : float
-        Stabiliser of the variance product.
+        Stabiliser of the variance product, on window *sums* as in VoxelMorph (1e-5 there).
+        The products here are of window means, so it enters divided by the squared window
+        size: 1e-5 on means would be 81^2 (2D) or 729^2 (3D) times larger than intended, larger
+        than the product of two brain images' local variances (about 1e-6), and the loss would
+        then depend on the intensity scale instead of normalising it.
 
     Returns
     -------
     torch.Tensor
         Scalar in [0, 1]: 0 when every window matches up to an affine intensity change.
+        Flat windows (zero variance, e.g. background) count as uncorrelated (1).
     """
     d = check_spatial(fixed, "fixed image")
     check_same_spatial(fixed, "fixed image", warped, "warped image")
@@ -46,7 +51,7 @@ def local_ncc(fixed, warped, window=9, eps=1e-5):
     cross = mean(fixed * warped) - mu_f * mu_w
     var_f = (mean(fixed * fixed) - mu_f * mu_f).clamp_min(0)
     var_w = (mean(warped * warped) - mu_w * mu_w).clamp_min(0)
-    cc = cross * cross / (var_f * var_w + eps)
+    cc = cross * cross / (var_f * var_w + eps / float(window) ** (2 * d))
     return 1.0 - cc.mean()
 
 

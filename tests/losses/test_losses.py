@@ -82,3 +82,50 @@ def test_registration_loss_terms():
 def test_registration_loss_config_errors(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         RegistrationLoss(**kwargs)
+
+
+def _textured(shape, seed=0):
+    """Smooth random texture everywhere (no flat window), intensities in [0, 1]."""
+    torch.manual_seed(seed)
+    x = torch.rand(1, 1, *shape)
+    pool = torch.nn.functional.avg_pool2d if len(shape) == 2 else torch.nn.functional.avg_pool3d
+    x = pool(x, 3, stride=1, padding=1, count_include_pad=False)
+    return (x - x.min()) / (x.max() - x.min())
+
+
+@pytest.mark.parametrize("shape", [(48, 56), (20, 24, 28)])
+def test_ncc_of_image_with_itself_is_zero_where_textured(shape):
+    # Local variances of about 1e-3, as in brain images: an eps on window means would dominate.
+    x = 0.2 * _textured(shape)
+    assert local_ncc(x, x).item() == pytest.approx(0.0, abs=5e-3)
+
+
+@pytest.mark.parametrize("shape", [(48, 56), (20, 24, 28)])
+def test_ncc_does_not_depend_on_intensity_scale(shape):
+    fixed, moving = 0.2 * _textured(shape, 0), 0.2 * _textured(shape, 1)
+    blend = 0.7 * fixed + 0.3 * moving
+    base = local_ncc(fixed, blend).item()
+    assert 0.01 < base < 0.99
+    # eps is VoxelMorph's 1e-5 on window sums: negligible against local variances of 1e-3.
+    assert base == pytest.approx(local_ncc(fixed, blend, eps=0.0).item(), abs=5e-3)
+    for scale in (10.0, 100.0):
+        assert local_ncc(scale * fixed, scale * blend).item() == pytest.approx(base, abs=5e-3)
+
+
+def test_ncc_of_real_oasis_slice_with_itself_is_its_background_share():
+    """On a real neurite-OASIS slice, NCC(x, x) is 1 only in flat background windows."""
+    import os
+    from pathlib import Path
+
+    root = Path(os.environ.get("FNOREG_OASIS_SAMPLES", Path(__file__).resolve().parents[3] / "shared" / "oasis_samples"))
+    path = root / "2d" / "OASIS_OAS1_0001_MR1" / "slice_norm.nii.gz"
+    if not path.exists():
+        pytest.skip("neurite-OASIS samples not present")
+    import nibabel as nib
+
+    x = torch.from_numpy(nib.load(str(path)).get_fdata()[..., 0]).float()[None, None]
+    flat = torch.nn.functional.max_pool2d(x, 9, stride=1, padding=4) == 0  # all-background windows
+    loss = local_ncc(x, x).item()
+    assert loss == pytest.approx(flat.float().mean().item(), abs=0.02)
+    # Before the fix: 0.669, and 0.438 with the intensities scaled by 10.
+    assert local_ncc(10 * x, 10 * x).item() == pytest.approx(loss, abs=0.01)
