@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from utils.errors import ConfigError
 
 from .fnoreg import FNOReg
+from .fouriernet import FourierNet
+from .voxelmorph import VoxelMorph
 
 # Published sizes (DESIGN.md A.2); spectral weights Tucker-factorised with rank 0.42.
 FNOREG_PRESETS = {
@@ -22,6 +24,17 @@ FNOREG_PRESETS = {
     "large": dict(dim=2, hidden_channels=32, projection_channels=64, n_layers=12, n_modes=[60, 72]),
     "3d": dict(dim=3, hidden_channels=12, projection_channels=24, n_layers=15, n_modes=[40, 48, 56]),
 }
+
+# VoxelMorph-1/-2 (voxelmorph's defaults), VoxelMorph-Huge (TransMorph's comparison), and the
+# FNOReg paper's VoxelMorph-Large (residual U-Net, 32 starting channels, 4 encoder blocks).
+VOXELMORPH_PRESETS = {
+    "vxm1": dict(enc_features=[16, 32, 32, 32], dec_features=[32, 32, 32, 32, 8, 8]),
+    "vxm2": dict(enc_features=[16, 32, 32, 32], dec_features=[32, 32, 32, 32, 32, 16, 16]),
+    "huge": dict(enc_features=[14, 28, 144, 320], dec_features=[1152, 1152, 320, 144, 28, 14, 14]),
+    "large": dict(architecture="residual", start_channels=32, levels=4, res_blocks=2, latent_blocks=1),
+}
+# Fourier-Net with 16 and 32 starting channels; add "diffeomorphic": true for Fourier-Net-Diff.
+FOURIERNET_PRESETS = {"c16": dict(start_channels=16), "c32": dict(start_channels=32)}
 
 
 @dataclass
@@ -38,6 +51,9 @@ MODELS = {
     "fnoreg": ModelSpec(FNOReg, FNOREG_PRESETS, doc="FNOReg (Drozdov & Sorokin, ICPR 2024)"),
     # Plain FNO baseline (DESIGN.md A.9): same sizes, no FFC blocks, no residual after activation.
     "fno": ModelSpec(FNOReg, FNOREG_PRESETS, fixed=dict(ffc_blocks=False, residual=False), doc="plain FNO baseline"),
+    # Baselines (DESIGN.md A.9); their presets carry no dim: the config's dim picks 2D or 3D.
+    "voxelmorph": ModelSpec(VoxelMorph, VOXELMORPH_PRESETS, doc="VoxelMorph (Balakrishnan et al., 2019)"),
+    "fouriernet": ModelSpec(FourierNet, FOURIERNET_PRESETS, doc="Fourier-Net (Jia et al., AAAI 2023)"),
 }
 
 

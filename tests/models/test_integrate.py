@@ -1,0 +1,101 @@
+"""Scaling and squaring: identity, no folding for a smooth velocity, commutes with resolution."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models import ScalingSquaring, identity_grid, to_pixel_units
+from models.integrate import steps_for_shape
+from utils.errors import ConfigError, ShapeError
+
+SHAPES = {2: (48, 56), 3: (24, 28, 32)}
+# Stated tolerance of the resolution test, as a fraction of the largest displacement.
+COMMUTE_TOL = {2: 0.01, 3: 0.03}
+
+
+def smooth_velocity(shape, amplitude, dtype=torch.float32):
+    """A smooth, large (not small-deformation) velocity: products of low-frequency sines."""
+    grid = identity_grid(shape, dtype=dtype)
+    d = len(shape)
+    channels = [amplitude * torch.sin(math.pi * grid[(i + 1) % d] + 0.3 * i) * torch.cos(0.5 * math.pi * grid[i])
+                for i in range(d)]
+    return torch.stack(channels)[None]
+
+
+def jacobian_determinant(flow):
+    """det of d(x + u)/dx in pixel units, central differences, interior points."""
+    u = to_pixel_units(flow)[0]
+    d = u.shape[0]
+    grads = []
+    for i in range(d):
+        row = []
+        for j in range(d):
+            g = torch.gradient(u[i], dim=j)[0]
+            row.append(g + (1.0 if i == j else 0.0))
+        grads.append(torch.stack(row))
+    jac = torch.stack(grads).movedim((0, 1), (-2, -1))
+    return torch.linalg.det(jac)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_zero_velocity_gives_the_identity(dim):
+    out = ScalingSquaring(7)(torch.zeros(2, dim, *SHAPES[dim]))
+    assert torch.count_nonzero(out) == 0
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_smooth_velocity_gives_no_folding(dim):
+    velocity = smooth_velocity(SHAPES[dim], 0.5)
+    # The velocity itself, used as a displacement, folds; its exponential does not.
+    assert (jacobian_determinant(velocity) <= 0).any()
+    flow = ScalingSquaring(7)(velocity)
+    assert torch.isfinite(flow).all()
+    assert (jacobian_determinant(flow) > 0).all()
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_integration_commutes_with_resolution(dim):
+    """Resample a field to 2x then integrate == integrate then resample, to 1 % (2D) / 3 % (3D) of
+    the largest displacement.
+
+    Measured: 0.4 % (2D, 48x56 -> 96x112) and 1.4 % (3D, 24x28x32 -> 48x56x64) for a velocity of
+    0.15 normalised units; the difference is the interpolation error of the compositions on the
+    coarse grid, and shrinks as the coarse grid grows.
+    """
+    shape = SHAPES[dim]
+    velocity = smooth_velocity(shape, 0.15)
+    mode = "bilinear" if dim == 2 else "trilinear"
+    up = lambda t: F.interpolate(t, size=tuple(2 * n for n in shape), mode=mode, align_corners=True)  # noqa: E731
+    integrate = ScalingSquaring(7)
+    coarse = integrate(velocity)
+    fine = integrate(up(velocity))
+    assert (fine - up(coarse)).abs().max() < COMMUTE_TOL[dim] * coarse.abs().max()
+
+
+def test_small_velocity_is_nearly_the_displacement():
+    velocity = smooth_velocity((32, 40), 1e-4, torch.float64)
+    torch.testing.assert_close(ScalingSquaring(7)(velocity), velocity, rtol=0, atol=1e-7)
+
+
+def test_zero_steps_is_the_identity_map_of_fields():
+    velocity = smooth_velocity((16, 20), 0.1)
+    assert torch.equal(ScalingSquaring(0)(velocity), velocity)
+
+
+def test_steps_for_shape():
+    assert steps_for_shape((160, 192), max_velocity=0.1) == 5
+    assert steps_for_shape((320, 384), max_velocity=0.1) == 6
+    assert steps_for_shape((8, 8), max_velocity=0.01) == 1
+
+
+@pytest.mark.parametrize("steps", [-1, 1.5, True])
+def test_bad_steps(steps):
+    with pytest.raises(ConfigError, match="steps"):
+        ScalingSquaring(steps)
+
+
+def test_bad_field():
+    with pytest.raises(ShapeError, match="velocity field"):
+        ScalingSquaring()(torch.zeros(1, 3, 8, 8))
