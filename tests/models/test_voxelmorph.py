@@ -12,7 +12,7 @@ from utils.errors import ConfigError
 # Tiny widths so that 3D runs in milliseconds; the architecture code paths are the presets'.
 TINY = {
     "unet": dict(enc_features=[4, 8, 8, 8], dec_features=[8, 8, 8, 8, 4, 4]),
-    "residual": dict(architecture="residual", start_channels=4, levels=4, res_blocks=1, latent_blocks=1),
+    "residual": dict(architecture="residual", start_channels=4, levels=4, res_blocks=1, latent_blocks=0),
 }
 # Even sizes, a non-square one, and one below the usual training size: all multiples of 16.
 SHAPES = {2: [(32, 48), (16, 16), (48, 64)], 3: [(16, 16, 32), (32, 16, 16)]}
@@ -34,7 +34,7 @@ def test_shape_and_finite(dim, arch):
 def test_presets_start_at_the_identity_2d(preset):
     torch.manual_seed(0)
     model = build_model("voxelmorph", {"preset": preset}, 2)
-    x = torch.rand(2, 1, 32, 48)
+    x = torch.rand(2, 1, 16, 32)
     with torch.no_grad():
         flow = model(x, x.flip(-1))
     assert to_pixel_units(flow).abs().max() < 1e-3
