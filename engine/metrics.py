@@ -19,7 +19,14 @@ import torch
 from scipy.spatial import cKDTree
 
 from utils.errors import ShapeError
-from utils.fields import check_field, check_same_spatial, check_spatial, to_pixel_units
+from utils.fields import (  # noqa: F401  (central_difference, jacobian_determinant: part of this API)
+    central_difference,
+    check_field,
+    check_same_spatial,
+    check_spatial,
+    jacobian_determinant,
+    to_pixel_units,
+)
 
 
 def _check_labels(a, b):
@@ -72,52 +79,6 @@ def dice_per_label(a, b, label_ids):
 def mean_dice(a, b, label_ids):
     """Pair Dice: mean over the labels present in at least one map. Returns (B,) float64."""
     return torch.nanmean(dice_per_label(a, b, label_ids), dim=1)
-
-
-def central_difference(x, axis):
-    """Derivative of (B, C, *spatial) ``x`` along spatial ``axis`` in pixel steps.
-
-    Central differences inside, one-sided at the two borders (as ``torch.gradient``, which is
-    several times slower on a CPU for 3D volumes). The axis needs at least 2 samples.
-    """
-    dim = 2 + axis
-    n = x.shape[dim]
-    if n < 2:
-        raise ShapeError(f"a derivative along spatial axis {axis} needs at least 2 samples, got {n}")
-    g = torch.empty_like(x)
-    g.narrow(dim, 0, 1).copy_(x.narrow(dim, 1, 1) - x.narrow(dim, 0, 1))
-    g.narrow(dim, n - 1, 1).copy_(x.narrow(dim, n - 1, 1) - x.narrow(dim, n - 2, 1))
-    if n > 2:
-        torch.sub(x.narrow(dim, 2, n - 2), x.narrow(dim, 0, n - 2), out=g.narrow(dim, 1, n - 2))
-        g.narrow(dim, 1, n - 2).mul_(0.5)
-    return g
-
-
-def jacobian_determinant(flow):
-    """Jacobian determinant of ``x + u(x)`` in pixel units.
-
-    Parameters
-    ----------
-    flow : torch.Tensor
-        (B, d, *spatial) normalised displacement.
-
-    Returns
-    -------
-    torch.Tensor
-        (B, *spatial) determinant; 1 everywhere for the identity.
-    """
-    d = check_field(flow)
-    u = to_pixel_units(flow)
-    # j[c][a] = delta_ca + d u_c / d x_a, each (B, *spatial)
-    grads = [central_difference(u, axis) for axis in range(d)]
-    j = [[grads[a][:, c] + (1.0 if a == c else 0.0) for a in range(d)] for c in range(d)]
-    if d == 2:
-        return j[0][0] * j[1][1] - j[0][1] * j[1][0]
-    return (
-        j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
-        - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
-        + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0])
-    )
 
 
 def folding_percent(flow=None, jacobian=None):

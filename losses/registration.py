@@ -1,17 +1,17 @@
-"""The weighted training objective: similarity + lambda * smoothness + gamma * soft Dice."""
+"""The weighted training objective: similarity + lambda * smoothness + gamma * soft Dice + folding."""
 
 from dataclasses import dataclass
 
 from utils.errors import ConfigError
 
 from .dice import soft_dice_loss
-from .regularization import smoothness
+from .regularization import folding_penalty, smoothness
 from .similarity import SIMILARITIES, local_ncc
 
 
 @dataclass
 class RegistrationLoss:
-    """``sim(F, M o phi) + reg_param * smooth(u) + seg_param * (1 - softDice)``.
+    """``sim(F, M o phi) + reg_param * smooth(u) + seg_param * (1 - softDice) + jac_param * fold(u)``.
 
     Parameters
     ----------
@@ -23,17 +23,21 @@ class RegistrationLoss:
         gamma, weight of the soft Dice term (0 in 2D, 0.01 in 3D as published); needs labels.
     ncc_window : int
         Window of the local NCC, in pixels.
+    jac_param : float
+        Weight of :func:`losses.regularization.folding_penalty` (mean of ``relu(-J)``); 0, the
+        published objective, leaves it out.
     """
 
     similarity: str = "mse"
     reg_param: float = 0.01
     seg_param: float = 0.0
     ncc_window: int = 9
+    jac_param: float = 0.0
 
     def __post_init__(self):
         if self.similarity not in SIMILARITIES:
             raise ConfigError(f"similarity must be one of {sorted(SIMILARITIES)}, got {self.similarity!r}")
-        for key in ("reg_param", "seg_param"):
+        for key in ("reg_param", "seg_param", "jac_param"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"{key} must be a non-negative number, got {value!r}")
@@ -50,6 +54,9 @@ class RegistrationLoss:
             sim = SIMILARITIES[self.similarity](fixed, warped)
         terms = {"similarity": sim, "smoothness": smoothness(flow)}
         total = sim + self.reg_param * terms["smoothness"]
+        if self.jac_param > 0:
+            terms["folding"] = folding_penalty(flow)
+            total = total + self.jac_param * terms["folding"]
         if self.uses_labels:
             if fixed_onehot is None or warped_onehot is None:
                 raise ConfigError("seg_param > 0 needs label maps for every training subject; set seg_param to 0")

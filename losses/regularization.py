@@ -1,8 +1,8 @@
-"""Smoothness penalty of a displacement field, in pixel units (DESIGN.md A.5)."""
+"""Regularisers of a displacement field: smoothness (DESIGN.md A.5) and a folding penalty."""
 
 import torch
 
-from utils.fields import to_pixel_units
+from utils.fields import jacobian_determinant, to_pixel_units
 
 
 def smoothness(flow):
@@ -27,3 +27,26 @@ def smoothness(flow):
     d = u.shape[1]
     terms = [torch.diff(u, dim=2 + axis).pow(2).mean() for axis in range(d)]
     return torch.stack(terms).mean()
+
+
+def folding_penalty(flow, margin=0.0):
+    """Mean of ``relu(margin - J)``, J the Jacobian determinant of ``x + u(x)`` in pixel units.
+
+    Zero for any field that does not fold (with ``margin=0``); it grows linearly with how far
+    each folded pixel's determinant is below zero, so it pushes back exactly where the map stops
+    being invertible and leaves the rest of the field to the similarity and smoothness terms.
+    The determinant is dimensionless, so the penalty means the same at every resolution.
+
+    Parameters
+    ----------
+    flow : torch.Tensor
+        (B, d, *spatial) normalised displacement.
+    margin : float
+        Determinants below this are penalised (0: only folds).
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar penalty.
+    """
+    return torch.relu(margin - jacobian_determinant(flow)).mean()

@@ -7,6 +7,9 @@ Units: a field is (B, d, *spatial) in normalised coordinates (each axis spans [-
 ``align_corners=True``; see :mod:`models.warp`); along an axis of length N one normalised unit
 is ``(N - 1) / 2`` pixels. :func:`to_pixel_units` and :func:`to_normalised_units` convert,
 channel by channel.
+
+Derivatives: :func:`central_difference` and :func:`jacobian_determinant` of the map
+``x + u(x)`` in pixel units, used by the metrics (folding, SDlogJ) and the folding penalty.
 """
 
 import torch
@@ -79,3 +82,55 @@ def to_normalised_units(flow_pixels):
     """Inverse of :func:`to_pixel_units`."""
     check_field(flow_pixels)
     return flow_pixels / _axis_scale(flow_pixels.shape[2:], flow_pixels.device, flow_pixels.dtype)
+
+
+def central_difference(x, axis):
+    """Derivative of (B, C, *spatial) ``x`` along spatial ``axis`` in pixel steps.
+
+    Central differences inside, one-sided at the two borders (as ``torch.gradient``, which is
+    several times slower on a CPU for 3D volumes). The axis needs at least 2 samples.
+    """
+    dim = 2 + axis
+    n = x.shape[dim]
+    if n < 2:
+        raise ShapeError(f"a derivative along spatial axis {axis} needs at least 2 samples, got {n}")
+    first = x.narrow(dim, 1, 1) - x.narrow(dim, 0, 1)
+    last = x.narrow(dim, n - 1, 1) - x.narrow(dim, n - 2, 1)
+    if x.requires_grad and torch.is_grad_enabled():
+        # Differentiable path (a loss on the Jacobian): no out= writes.
+        inner = [(x.narrow(dim, 2, n - 2) - x.narrow(dim, 0, n - 2)) * 0.5] if n > 2 else []
+        return torch.cat([first, *inner, last], dim=dim)
+    g = torch.empty_like(x)
+    g.narrow(dim, 0, 1).copy_(first)
+    g.narrow(dim, n - 1, 1).copy_(last)
+    if n > 2:
+        torch.sub(x.narrow(dim, 2, n - 2), x.narrow(dim, 0, n - 2), out=g.narrow(dim, 1, n - 2))
+        g.narrow(dim, 1, n - 2).mul_(0.5)
+    return g
+
+
+def jacobian_determinant(flow):
+    """Jacobian determinant of ``x + u(x)`` in pixel units.
+
+    Parameters
+    ----------
+    flow : torch.Tensor
+        (B, d, *spatial) normalised displacement.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, *spatial) determinant; 1 everywhere for the identity.
+    """
+    d = check_field(flow)
+    u = to_pixel_units(flow)
+    # j[c][a] = delta_ca + d u_c / d x_a, each (B, *spatial)
+    grads = [central_difference(u, axis) for axis in range(d)]
+    j = [[grads[a][:, c] + (1.0 if a == c else 0.0) for a in range(d)] for c in range(d)]
+    if d == 2:
+        return j[0][0] * j[1][1] - j[0][1] * j[1][0]
+    return (
+        j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
+        - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
+        + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0])
+    )

@@ -129,3 +129,32 @@ def test_ncc_of_real_oasis_slice_with_itself_is_its_background_share():
     assert loss == pytest.approx(flat.float().mean().item(), abs=0.02)
     # Before the fix: 0.669, and 0.438 with the intensities scaled by 10.
     assert local_ncc(10 * x, 10 * x).item() == pytest.approx(loss, abs=0.01)
+
+
+@pytest.mark.parametrize("shape", [(24, 28), (12, 14, 16)])
+def test_folding_penalty_zero_without_folds_and_positive_with(shape):
+    from losses import folding_penalty
+
+    smooth = _smooth_field(shape)
+    assert folding_penalty(smooth).item() == 0.0
+    # A field that reverses axis 0 folds everywhere: u_0 = -2 x_0 gives J = -1 inside.
+    folded = torch.zeros(1, len(shape), *shape)
+    folded[0, 0] = -2 * identity_grid(shape)[0]
+    assert folding_penalty(folded).item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_folding_penalty_has_gradients_and_enters_the_loss():
+    from losses import folding_penalty
+
+    flow = torch.zeros(1, 2, 16, 20)
+    flow[0, 0] = -2 * identity_grid((16, 20))[0]
+    flow.requires_grad_(True)
+    folding_penalty(flow).backward()
+    assert flow.grad.abs().sum() > 0
+    x = torch.rand(1, 1, 16, 20)
+    total0, terms0 = RegistrationLoss(jac_param=0.0)(x, x, flow.detach())
+    total1, terms1 = RegistrationLoss(jac_param=0.5)(x, x, flow.detach())
+    assert "folding" not in terms0 and terms1["folding"].item() == pytest.approx(1.0, abs=1e-4)
+    assert (total1 - total0).item() == pytest.approx(0.5, abs=1e-4)
+    with pytest.raises(ConfigError, match="jac_param"):
+        RegistrationLoss(jac_param=-1)
