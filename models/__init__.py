@@ -4,6 +4,7 @@ from .fnoreg import FNOReg, FourierLayer
 from .fouriernet import FourierNet
 from .integrate import ScalingSquaring
 from .registry import build_model, count_parameters, list_presets, register_model, resolve_model_config
+from .transmorph import TransMorph
 from .voxelmorph import VoxelMorph
 from .warp import SpatialTransformer, identity_grid, to_normalised_units, to_pixel_units, warp
 
@@ -13,6 +14,7 @@ __all__ = [
     "FourierNet",
     "ScalingSquaring",
     "SpatialTransformer",
+    "TransMorph",
     "VoxelMorph",
     "build_model",
     "count_parameters",

@@ -17,9 +17,10 @@ def check_dim(dim):
     return dim
 
 
-def conv(dim, in_channels, out_channels, kernel_size=1, bias=True, stride=1):
-    """A ``dim``-D convolution with 'same' padding for odd kernels (halving with ``stride=2``)."""
-    return _CONV[dim](in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=bias)
+def conv(dim, in_channels, out_channels, kernel_size=1, bias=True, stride=1, padding=None):
+    """A ``dim``-D convolution; ``padding`` defaults to 'same' for odd kernels (halving with ``stride=2``)."""
+    padding = kernel_size // 2 if padding is None else padding
+    return _CONV[dim](in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
 
 
 def conv_transpose(dim, in_channels, out_channels, kernel_size=2, stride=2, bias=True):

@@ -15,6 +15,7 @@ from utils.errors import ConfigError
 
 from .fnoreg import FNOReg
 from .fouriernet import FourierNet
+from .transmorph import TransMorph
 from .voxelmorph import VoxelMorph
 
 # Published sizes (DESIGN.md A.2); spectral weights Tucker-factorised with rank 0.42.
@@ -35,6 +36,13 @@ VOXELMORPH_PRESETS = {
 }
 # Fourier-Net with 16 and 32 starting channels; add "diffeomorphic": true for Fourier-Net-Diff.
 FOURIERNET_PRESETS = {"c16": dict(start_channels=16), "c32": dict(start_channels=32)}
+# TransMorph (46.77 M parameters in 3D) and TransMorph-Small of the TransMorph paper; "3stage" drops
+# the deepest stage so that sides need only be multiples of 16 (half resolution: 80x96, 80x96x112).
+TRANSMORPH_PRESETS = {
+    "base": dict(embed_dim=96, depths=[2, 2, 4, 2], num_heads=[4, 4, 8, 8]),
+    "small": dict(embed_dim=48, depths=[2, 2, 4, 2], num_heads=[4, 4, 4, 4]),
+    "3stage": dict(embed_dim=96, depths=[2, 2, 4], num_heads=[4, 4, 8]),
+}
 
 
 @dataclass
@@ -54,6 +62,7 @@ MODELS = {
     # Baselines (DESIGN.md A.9); their presets carry no dim: the config's dim picks 2D or 3D.
     "voxelmorph": ModelSpec(VoxelMorph, VOXELMORPH_PRESETS, doc="VoxelMorph (Balakrishnan et al., 2019)"),
     "fouriernet": ModelSpec(FourierNet, FOURIERNET_PRESETS, doc="Fourier-Net (Jia et al., AAAI 2023)"),
+    "transmorph": ModelSpec(TransMorph, TRANSMORPH_PRESETS, doc="TransMorph (Chen et al., MedIA 2022)"),
 }
 
 
