@@ -5,6 +5,11 @@ layers ``y = GELU(K(x) + W(x)) + x`` -> FFC residual block (decoder) -> projecti
 (1x1 conv, ReLU, 1x1 conv) -> displacement in normalised coordinates, channel i along spatial
 axis i. No layer depends on the input resolution: the spectral kernels keep a fixed set of low
 modes, everything else is pointwise or spectral, so the same weights run at any resolution.
+
+Two options make the transfer to a finer grid clean (issue 11; both off by default, as published):
+``band_limit`` low-passes the output to the band of the grid the model was trained at (the model
+records the largest training shape it has seen in its state dict), and ``diffeomorphic`` makes
+the head predict a stationary velocity integrated by scaling and squaring.
 """
 
 import torch
@@ -14,7 +19,9 @@ from torch import nn
 from utils.errors import ConfigError
 from utils.fields import check_image_pair
 
+from .bandlimit import band_limit as _band_limit
 from .ffc import FFCResidualBlock
+from .integrate import ScalingSquaring
 from .nd import check_dim, conv
 from .spectral import SpectralConv
 
@@ -99,6 +106,19 @@ class FNOReg(nn.Module):
         weights from N(0, 1e-5^2) with zero bias (VoxelMorph's choice); "default" keeps PyTorch's
         initialisation, as the released code did, which starts training from a scrambled warp
         (DESIGN.md B.2).
+    band_limit : bool
+        At a resolution finer than the training one, keep only the cosine frequencies of the
+        output that the training grid holds (:func:`models.bandlimit.band_limit`); the identity at
+        the training resolution and below. The training shape is recorded by the model itself:
+        ``trained_shape``, a buffer in its state dict, holds per axis the largest size it was run
+        at in training mode (zeros: never trained; then nothing is filtered).
+    diffeomorphic : bool
+        The head predicts a stationary velocity, integrated by scaling and squaring
+        (:class:`models.integrate.ScalingSquaring`) into the returned displacement. With
+        ``band_limit`` the velocity is band-limited before integration.
+    integration_steps : int
+        Scaling-and-squaring steps when ``diffeomorphic`` (7: the first step stays under half a
+        pixel for velocities up to 64 pixels).
     in_channels : int
         Input channels: 2 for ``[moving, fixed]``.
     """
@@ -118,6 +138,9 @@ class FNOReg(nn.Module):
         ffc_blocks=True,
         residual=True,
         head_init="zeros",
+        band_limit=False,
+        diffeomorphic=False,
+        integration_steps=7,
         in_channels=2,
     ):
         super().__init__()
@@ -134,6 +157,13 @@ class FNOReg(nn.Module):
             raise ConfigError(f"head_init must be one of {HEAD_INITS}, got {head_init!r}")
         if isinstance(ffc_alpha, bool) or not isinstance(ffc_alpha, (int, float)):
             raise ConfigError(f"ffc_alpha must be a number in [0, 1], got {ffc_alpha!r}")
+        for key, value in (("band_limit", band_limit), ("diffeomorphic", diffeomorphic)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{key} must be true or false, got {value!r}")
+        self.band_limit = band_limit
+        self.integrate = ScalingSquaring(_positive_int(integration_steps, "integration_steps")) if diffeomorphic else None
+        # Largest shape seen in training mode; saved with the weights, so a checkpoint knows it.
+        self.register_buffer("trained_shape", torch.zeros(dim, dtype=torch.long))
 
         self.lifting = conv(dim, in_channels, channels, 1, bias=True)
         block = dict(alpha=float(ffc_alpha), fft_axes=ffc_fft_axes, fft_norm=ffc_fft_norm)
@@ -173,6 +203,18 @@ class FNOReg(nn.Module):
             ``align_corners=True``); channel i is the displacement along spatial axis i.
         """
         check_image_pair(moving, fixed, self.dim)
+        shape = moving.shape[2:]
+        if self.training:
+            seen = torch.tensor(shape, dtype=torch.long, device=self.trained_shape.device)
+            self.trained_shape.copy_(torch.maximum(self.trained_shape, seen))
         x = self.lifting(torch.cat([moving, fixed], dim=1))
         x = self.decoder(self.layers(self.encoder(x)))
-        return self.projection(x)
+        flow = self.projection(x)
+        if self.band_limit and not self.training:
+            flow = _band_limit(flow, self.trained_shape.tolist())
+        return self.integrate(flow) if self.integrate is not None else flow
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before the model recorded its training shape: keep "unknown" (zeros).
+        state_dict.setdefault(prefix + "trained_shape", torch.zeros_like(self.trained_shape))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -176,3 +176,20 @@ def test_field_is_the_same_at_neighbouring_even_and_odd_sizes(dim, axis):
     for other in fields[1:]:
         rel = (other - fields[0]).norm() / (fields[0] - fields[0].mean()).norm()
         assert rel < 0.05, f"field at another size differs by {100 * rel:.1f} % of its variation"
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_diffeomorphic_fnoreg_integrates_its_velocity(dim):
+    from models.integrate import ScalingSquaring
+
+    torch.manual_seed(0)
+    n_modes = [8, 10] if dim == 2 else [6, 8, 8]
+    shape = (24, 28) if dim == 2 else (12, 14, 16)
+    diffeo = FNOReg(dim, 8, 16, 1, n_modes, diffeomorphic=True, integration_steps=5).eval()
+    x, y = torch.rand(2, 1, 1, *shape)
+    with torch.no_grad():
+        assert torch.count_nonzero(diffeo(x, y)) == 0  # zero head: zero velocity, identity map
+        torch.nn.init.normal_(diffeo.projection[-1].weight, std=0.05)
+        plain = FNOReg(dim, 8, 16, 1, n_modes).eval()
+        plain.load_state_dict(diffeo.state_dict())
+        torch.testing.assert_close(diffeo(x, y), ScalingSquaring(5)(plain(x, y)))
