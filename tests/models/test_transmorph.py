@@ -113,3 +113,20 @@ def test_parameter_count_matches_readme(preset, dim, readme_counts):
     key = ("transmorph", preset, dim)
     assert key in readme_counts, f"README.md must list transmorph/{preset} {dim}D ({count:,} parameters)"
     assert readme_counts[key] == count
+
+
+def test_shifted_windows_do_not_mix_wrapped_regions():
+    """A token of a shifted window attends only to its own region, not to what the cyclic shift
+    wrapped around from the opposite border; an unshifted block's token sees its whole window."""
+    from models.transmorph import _SwinBlock
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 8, 8, 4, requires_grad=True)
+    reach = {}
+    for shifted in (False, True):
+        block = _SwinBlock(4, 1, (4, 4), shifted, 2.0, False, 0.0).eval()
+        block(x)[0, 0, 0].sum().backward()
+        reach[shifted] = (x.grad[0].abs().sum(-1) > 1e-20).nonzero().tolist()
+        x.grad = None
+    assert reach[False] == [[i, j] for i in range(4) for j in range(4)]
+    assert reach[True] == [[i, j] for i in range(2) for j in range(2)]
