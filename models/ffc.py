@@ -12,6 +12,7 @@ from torch import nn
 
 from utils.errors import ConfigError
 
+from .fft import rfft
 from .nd import batch_norm, conv
 
 FFT_NORMS = ("ortho", "forward", "backward")
@@ -67,7 +68,10 @@ class FourierUnit(nn.Module):
 
     def forward(self, x):
         sizes = [x.shape[a] for a in self.axes]
-        spec = torch.fft.rfftn(x, dim=self.axes, norm=self.fft_norm)
+        # rfftn, with the real FFT's cheaper backward (models.fft.rfft).
+        spec = rfft(x, dim=self.axes[-1], norm=self.fft_norm)
+        if len(self.axes) > 1:
+            spec = torch.fft.fftn(spec, dim=self.axes[:-1], norm=self.fft_norm)
         y = torch.cat([spec.real, spec.imag], dim=1)
         y = F.relu(self.bn(self.conv(y)))
         real, imag = y.chunk(2, dim=1)

@@ -18,7 +18,8 @@ cannot hold are dropped. At even sizes the result is exactly neuraloperator's.
 Two things make it faster than neuraloperator's layer without changing its result:
 
 - pruned transforms: only the kept columns of the last (real-FFT) axis are transformed along the
-  other axes, forward and inverse;
+  other axes, forward and inverse, and the real FFT's backward is an inverse real FFT of those
+  columns (:func:`models.fft.rfft`) instead of PyTorch's full complex FFT;
 - the complex contraction runs as two real batched matrix products over the kept modes, on a
   contiguous (modes, 2 x batch, C) operand, instead of a complex einsum (whose CPU batched-matmul
   kernel loops over the batch and whose backward issues thousands of small copies).
@@ -32,6 +33,8 @@ import contextlib
 
 import torch
 from neuralop.layers.spectral_convolution import SpectralConv as _SpectralConv
+
+from .fft import rfft
 
 
 def kept_frequencies(size, kept):
@@ -158,9 +161,8 @@ class SpectralConv(_SpectralConv):
         stored = list(self.weight.shape[2:])  # max_n_modes: the weight's frequency 0 sits at m // 2
 
         # Real FFT along the last axis, keeping only the kept non-negative frequencies.
-        z = torch.fft.rfft(x, dim=last, norm=self.fft_norm)
-        width = min(kept[-1], z.shape[last])
-        z = z.narrow(last, 0, width)
+        width = min(kept[-1], sizes[-1] // 2 + 1)
+        z = rfft(x, dim=last, norm=self.fft_norm, width=width)
         slices, indices = [], []
         for axis, size, k, m in zip(lead, sizes, kept, stored):
             low, high = kept_frequencies(size, k)
