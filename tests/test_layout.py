@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("engine", "models", "data", "losses", "utils")
-ENTRY_SCRIPTS = ("train_2d.py", "train_3d.py", "evaluate_2d.py", "evaluate_3d.py", "register.py")
+ENTRY_SCRIPTS = ("train_2d.py", "train_3d.py", "evaluate_2d.py", "evaluate_3d.py", "register.py", "sweep.py")
 # What each layer may import of the project (its own package is always allowed).
 ALLOWED = {
     "engine": {"models", "data", "losses", "utils"},
