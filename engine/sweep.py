@@ -59,7 +59,8 @@ def sweep_parser():
     p.add_argument("--stage2_param", help="coordinate mode: second parameter (seg_param in the paper)")
     p.add_argument("--stage2_values", nargs="+", type=parse_value, metavar="V")
     p.add_argument("--stage2_config", help="coordinate mode: base config of stage 2 (default --config_file)")
-    p.add_argument("--stage2_dim", type=int, choices=(2, 3), help="coordinate mode: dimension of stage 2 (default --dim)")
+    p.add_argument("--stage2_dim", type=int, choices=(2, 3),
+                   help="coordinate mode: dimension of stage 2 (default --dim)")
     p.add_argument("--stage2_set", action="append", default=[], metavar="KEY=VALUE", help="override for stage 2 only")
     p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                    help="override a base config value for every point, e.g. --set train_config.epochs=2")
@@ -96,10 +97,10 @@ def open_sweep(dim, config_file, params, values, overrides, args, fixed=None, st
         return load_sweep(dim, number), f"sweep {dim}d/{number}"
     if not config_file:
         raise UserError("give --config_file BASE (and --param/--values), or --sweep N to continue a sweep")
-    base, path = resolve_base(config_file, dim, overrides, args.size)
+    base, path, raw = resolve_base(config_file, dim, overrides, args.size)
     grid = expand_grid(params, values)
     points = build_points(base, dim, grid, fixed)
-    key = sweep_key(dim, base, params, values, args.eval_size, fixed)
+    key = sweep_key(dim, raw, overrides, args.size, params, values, args.eval_size, fixed)
     if number is not None:
         sweep = load_sweep(dim, number)
         if sweep.get("key") != key:
@@ -110,8 +111,9 @@ def open_sweep(dim, config_file, params, values, overrides, args, fixed=None, st
     if found is not None:
         return load_sweep(dim, found), f"continuing sweep {dim}d/{found} (same config and grid)"
     spec = {"dim": dim, "mode": "grid", "key": key, "params": params, "values": values,
-            "base_config_file": str(path), "overrides": overrides, "fixed": fixed or {}, "train_size": args.size,
-            "eval_size": args.eval_size, "stage": stage, "command": " ".join(["sweep.py"] + args.argv)}
+            "base_config_file": str(path), "base_config": base, "overrides": overrides, "fixed": fixed or {},
+            "train_size": args.size, "eval_size": args.eval_size, "stage": stage,
+            "command": " ".join(["sweep.py"] + args.argv)}
     sweep = create_sweep(spec, points)
     return sweep, f"new sweep {dim}d/{sweep['sweep']} with {len(points)} points"
 
@@ -286,7 +288,9 @@ def coordinate_descent(args):
             print("stage 2 starts once every stage-1 point is finished: run this command again")
         return code
     if best1 is None:
-        raise UserError(f"no stage-1 point qualifies as best (no validation Dice{' under --max_folding' if args.max_folding is not None else ''}); see {sweep_dir(s1['dim'], s1['sweep'])}/results.md")
+        cap = " under --max_folding" if args.max_folding is not None else ""
+        raise UserError(f"no stage-1 point qualifies as best (no validation Dice{cap}); see "
+                        f"{sweep_dir(s1['dim'], s1['sweep']) / 'results.md'}")
     carried = {p1: best1["params"][p1]}
     dim2 = args.stage2_dim or args.dim
     stage2_overrides = {**overrides, **parse_overrides(args.stage2_set)}

@@ -121,12 +121,13 @@ def resolve_base(config_file, dim, overrides, train_size=None):
         The resolved base config.
     path : pathlib.Path
         The config file found.
+    raw : dict
+        The file as parsed (what :func:`sweep_key` identifies it by: unlike the resolved config, it
+        does not change when a code default does).
     """
     path = find_config_file(config_file)
     raw = read_json(path)
-    if isinstance(raw, dict):
-        raw.setdefault("dim", dim)
-    base = resolve_config(raw, dim, source=str(path))
+    base = resolve_config(copy.deepcopy(raw), dim, source=str(path))
     changes = dict(overrides)
     if train_size is not None:
         changes["size"] = train_size
@@ -134,7 +135,7 @@ def resolve_base(config_file, dim, overrides, train_size=None):
         base = resolve_config(point_config(base, changes), dim, source=f"{path} with --set/--size")
     except ConfigError as exc:
         raise ConfigError(f"--set: {exc}") from None
-    return base, path
+    return base, path, raw
 
 
 def describe(assignments):
@@ -177,10 +178,15 @@ def build_points(base, dim, grid, fixed=None):
     return points
 
 
-def sweep_key(dim, base, params, values, eval_size, fixed=None):
-    """The identity of a sweep: same key, same sweep (a re-run continues it instead of starting another)."""
-    return json.loads(json.dumps({"dim": dim, "base": base, "params": params, "values": values,
-                                  "fixed": fixed or {}, "eval_size": eval_size}, sort_keys=True))
+def sweep_key(dim, raw_base, overrides, train_size, params, values, eval_size, fixed=None):
+    """The identity of a sweep: same key, same sweep (a re-run continues it instead of starting another).
+
+    Built from the base config file's content (not its path), the overrides, the grid and the
+    evaluation size: editing the base config or changing any of these makes another sweep.
+    """
+    return json.loads(json.dumps({"dim": dim, "base": raw_base, "overrides": overrides, "train_size": train_size,
+                                  "params": params, "values": values, "fixed": fixed or {},
+                                  "eval_size": eval_size}, sort_keys=True))
 
 
 def sweeps_root(dim):

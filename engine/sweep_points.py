@@ -86,8 +86,9 @@ def find_val_summary(exp_folder, eval_size=None):
     """The newest validation ``summary.json`` of the final weights at ``eval_size``, or None.
 
     Searches every ``summary.json`` under ``eval/`` (whatever the folders are called) and keeps those
-    of the validation split and the final weights, at ``eval_size`` (smallest side) or, when it is
-    None, at the data's native shape, written after the current ``weights.pth``.
+    of the validation split and the final weights on the experiment's own data, at ``eval_size``
+    (smallest side) or, when it is None, at the data's native shape, written after the current
+    ``weights.pth``.
     """
     exp_folder = Path(exp_folder)
     weights = exp_folder / "weights.pth"
@@ -99,8 +100,8 @@ def find_val_summary(exp_folder, eval_size=None):
             summary = read_json(path, what="summary")
         except ConfigError:
             continue
-        if summary.get("split") != "val" or summary.get("checkpoint") != "final":
-            continue
+        if summary.get("split") != "val" or summary.get("checkpoint") != "final" or summary.get("data_tag"):
+            continue  # a data_tag marks an evaluation on other data than the experiment's own
         if eval_size is None:
             ok = summary.get("eval_shape") is not None and summary.get("eval_shape") == summary.get("full_shape")
         else:

@@ -3,8 +3,6 @@ scheduler and the commands it launches (a fake runner stands in for training and
 
 import json
 
-import pytest
-
 from engine import experiment as xp
 from engine import sweep as sweep_mod
 from engine.sweep import schedule, sweep_main
@@ -180,3 +178,18 @@ def test_coordinate_plot_has_one_panel_per_stage(tmp_path):
     path = save_coordinate_plot(tmp_path / "c.png", [(sweep, rows, choose_best(rows)), (sweep, rows, None)])
     height, width = matplotlib.image.imread(path).shape[:2]
     assert width > 1.8 * height  # two panels side by side
+
+
+def test_the_same_grid_finds_its_sweep_and_another_grid_or_edited_config_does_not(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", str(tmp_path / "exps"))
+    config = tiny_config(tmp_path / "c2.json", 2)
+    argv = ["--config_file", config, "--dim", "2", "--param", "reg_param", "--values", "0.01", "0.1", "--print_commands"]
+    for _ in range(2):
+        assert sweep_main(argv) == 0
+    assert list_sweeps(2) == [1] and "continuing sweep 2d/1 (same config and grid)" in capsys.readouterr().err
+    assert sweep_main(argv[:-1] + ["1", "--print_commands"]) == 0  # one more value
+    assert sweep_main(argv + ["--set", "lr=0.01"]) == 0  # another override
+    (tmp_path / "c2.json").write_text((tmp_path / "c2.json").read_text().replace('"epochs": 1', '"epochs": 2'))
+    assert sweep_main(argv) == 0  # the base config was edited
+    assert list_sweeps(2) == [1, 2, 3, 4]
+    assert sweep_main(argv + ["--new"]) == 0 and list_sweeps(2) == [1, 2, 3, 4, 5]
