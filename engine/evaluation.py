@@ -8,6 +8,9 @@ evaluates at other resolutions instead (smallest side ``S``, aspect ratio kept),
 folder per size, so ``--size 80 160`` gives the train-resolution / test-resolution table.
 This module drives an evaluation; the registration loop that scores each pair is
 :mod:`engine.scoring`, the tables and files it writes are :mod:`engine.reports`.
+``--config_file C`` evaluates on C's ``data_config`` instead of the stored one (another dataset,
+or the same data moved to another disk or server), into folders named by that data, so results
+on other data never replace those on the training data.
 
 Protocol
 --------
@@ -19,18 +22,24 @@ Protocol
   ``--batch_size 1`` it is the single-pair latency the paper reports.
 - Per pair: Dice per label before ("initial") and after registration, labels warped with
   nearest neighbour; folding (% of pixels with Jacobian determinant J < 0) and SDlogJ (std of
-  ``log(clamp(J, 1e-9))``), both of ``x + u(x)`` in pixel units of the evaluation grid; HD95 per
-  label after registration, in voxels of the full-resolution grid (millimetres for 1 mm data
-  such as OASIS), so that it compares across ``--size``. A pair score is the mean over the
-  labels present in either map (``engine.metrics``).
+  ``log(clamp(J, 1e-9))``), both of ``x + u(x)`` in pixel units of the evaluation grid (the field
+  the model produced); HD95 per label after registration, in voxels of the full-resolution grid
+  (millimetres for 1 mm data such as OASIS), so that it compares across ``--size``. A pair score
+  is the mean over the labels present in either map (``engine.metrics``).
+- Which label maps Dice and HD95 score (``--score_on``): ``native`` (default) scores the native
+  label maps: the predicted field is resampled to the native grid (linear, corners aligned) and
+  the native moving labels are warped with it, so every ``--size`` scores the same label set.
+  ``eval`` is the published way: the label maps are subsampled to the evaluation grid by nearest
+  neighbour, where small structures can vanish at ``--size 80``. At the native size both agree.
 - Pairs whose subjects lack a label map are registered and scored on folding, SDlogJ and time;
   their Dice and HD95 are NaN and they are left out of every Dice and HD95 mean
   (``summary.json`` counts them in ``n_pairs_without_labels``).
 - Nothing is random: evaluating the same checkpoint twice gives identical metrics (timings aside).
 
-Outputs, in ``experiments/<d>d/exp<N>/eval/<checkpoint>_<size>/`` (``<checkpoint>`` is "final" or
-"epoch<E>", ``<size>`` the evaluation's smallest side; ``_val`` is appended for the validation
-split)::
+Outputs, in ``experiments/<d>d/exp<N>/eval/<checkpoint>_<size>[_<data tag>][_evalgrid][_val]/``
+(``<checkpoint>`` is "final" or "epoch<E>", ``<size>`` the evaluation's smallest side; ``<data
+tag>`` names the data when ``--config_file`` gives other data than the stored config's,
+``_evalgrid`` marks ``--score_on eval``, ``_val`` the validation split)::
 
     summary.json      means and standard deviations over pairs, timing, context (written last:
                       its presence marks a complete evaluation)
@@ -40,6 +49,9 @@ split)::
     dice_boxplot.png  per-label Dice before and after registration
 """
 
+import hashlib
+import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -52,7 +64,7 @@ from data.resize import shape_for_size
 from engine import experiment as xp
 from engine.batches import DeviceSplit
 from engine.checkpoint import load_model
-from engine.config import resolve_config
+from engine.config import load_config, resolve_config
 from engine.plotting import dice_boxplot, registration_panel, save_figure
 from engine.reports import format_table, summarize, write_per_label_csv, write_per_pair_csv
 from engine.scoring import register_split
@@ -63,6 +75,7 @@ from utils.errors import ConfigError, UserError
 from utils.fileio import read_json, write_json
 
 N_PANELS = 3
+SCORE_ON = ("native", "eval")
 
 
 def evaluation_parser(dim):
@@ -71,6 +84,9 @@ def evaluation_parser(dim):
     parser.add_argument("--batch_size", type=int, help="pairs per forward pass (default: the experiment's "
                         "validation batch size; 1 times single-pair latency as published)")
     parser.add_argument("--n_panels", type=int, default=N_PANELS, help=f"example panels to draw (default {N_PANELS})")
+    parser.add_argument("--score_on", choices=SCORE_ON, default="native",
+                        help="label maps Dice and HD95 score: native (default; the field is resampled to the "
+                        "native grid) or eval (subsampled to the evaluation grid, as published)")
     return parser
 
 
@@ -94,10 +110,47 @@ def evaluation_shapes(sizes, full_shape):
     return out
 
 
-def output_folder(exp_folder, checkpoint, size, split="test"):
-    """``exp_folder/eval/<checkpoint>_<size>`` (``_val`` appended for the validation split)."""
-    suffix = "" if split == "test" else f"_{split}"
-    return Path(exp_folder) / "eval" / f"{checkpoint}_{size}{suffix}"
+def output_folder(exp_folder, checkpoint, size, split="test", data_tag=None, score_on="native"):
+    """``exp_folder/eval/<checkpoint>_<size>[_<data_tag>][_evalgrid][_val]``.
+
+    Parameters
+    ----------
+    exp_folder : path-like
+        The experiment folder.
+    checkpoint : str
+        "final" or "epoch<E>".
+    size : int
+        Smallest side of the evaluation shape.
+    split : {"test", "val"}
+        ``_val`` is appended for the validation split.
+    data_tag : str, optional
+        Names data other than the experiment's own (:func:`data_tag`); None for its own data.
+    score_on : {"native", "eval"}
+        ``_evalgrid`` is appended for ``eval`` (label maps subsampled to the evaluation grid).
+    """
+    name = f"{checkpoint}_{size}"
+    if data_tag:
+        name += f"_{data_tag}"
+    if score_on == "eval":
+        name += "_evalgrid"
+    if split != "test":
+        name += f"_{split}"
+    return Path(exp_folder) / "eval" / name
+
+
+def data_tag(data_config, stored_data_config):
+    """Folder tag of the data an evaluation runs on; None when it is the experiment's own data.
+
+    The tag is the data's name (the root folder's name for OASIS-layout data, ``phantom`` for the
+    phantom) and six hex digits of a hash of the whole resolved ``data_config``, so two datasets
+    with the same folder name, or the same data at another root, never share an output folder.
+    """
+    if data_config == stored_data_config:
+        return None
+    name = Path(str(data_config["root"])).name if data_config.get("root") else data_config["dataset"]
+    name = re.sub(r"[^A-Za-z0-9.-]+", "-", name).strip("-.") or data_config["dataset"]
+    digest = hashlib.sha1(json.dumps(data_config, sort_keys=True, default=str).encode()).hexdigest()[:6]
+    return f"{name}-{digest}"
 
 
 def panel_pairs(n_pairs, n_panels):
@@ -116,7 +169,7 @@ def _panel_title(split, index, scores):
 
 
 def evaluate_at(model, split, size, shape, out_dir, context, batch_size, n_panels=N_PANELS, progress=True,
-                antialias=False):
+                antialias=False, score_on="native"):
     """Evaluate ``model`` on ``split`` at ``shape`` and write every output to ``out_dir``.
 
     Parameters
@@ -141,6 +194,10 @@ def evaluate_at(model, split, size, shape, out_dir, context, batch_size, n_panel
         Show a progress bar.
     antialias : bool
         Low-pass images before downsampling, as ``data_config.antialias`` did in training.
+    score_on : {"native", "eval"}
+        Score Dice and HD95 on the native label maps (the field resampled to the native grid) or
+        on label maps subsampled to ``shape`` (published). Folding and SDlogJ are always those of
+        the field on ``shape``, the one the model produced.
 
     Returns
     -------
@@ -154,11 +211,14 @@ def evaluate_at(model, split, size, shape, out_dir, context, batch_size, n_panel
     # so the folder never mixes two runs; summary.json is written last, when everything else is there.
     for old in [out_dir / "summary.json", out_dir / "dice_boxplot.png", *out_dir.glob("panel_pair*.png")]:
         old.unlink(missing_ok=True)
+    if score_on not in SCORE_ON:
+        raise UserError(f"score_on must be one of {', '.join(SCORE_ON)}, got {score_on!r}")
     device = torch.device(context["device"])
-    data = DeviceSplit(split, shape, device, antialias)
     full = split.shape
-    # HD95 in full-resolution voxels: one evaluation-grid step spans (N_full - 1) / (N_eval - 1) of them.
-    spacing = [(f - 1) / (e - 1) if e > 1 else 1.0 for f, e in zip(full, shape)]
+    label_shape = full if score_on == "native" else tuple(shape)
+    data = DeviceSplit(split, shape, device, antialias, label_shape=label_shape)
+    # HD95 in full-resolution voxels: one label-grid step spans (N_full - 1) / (N_label - 1) of them.
+    spacing = [(f - 1) / (e - 1) if e > 1 else 1.0 for f, e in zip(full, label_shape)]
 
     def draw(index, pair):
         fig = registration_panel(pair["fixed"], pair["moving"], pair["warped"], to_pixel_units(pair["flow"])[0],
@@ -178,6 +238,7 @@ def evaluate_at(model, split, size, shape, out_dir, context, batch_size, n_panel
     # Headline numbers first, then what was evaluated, then how it ran.
     head = {k: context[k] for k in ("exp_num", "dim", "checkpoint", "split") if k in context}
     summary = {**head, "eval_size": int(size), "eval_shape": list(shape), "full_shape": list(full),
+               "score_on": score_on, "label_shape": list(label_shape),
                **summarize(metrics, split.label_ids), **{k: v for k, v in context.items() if k not in head},
                "batch_size": int(batch_size), "created": xp.now(), "wall_time_s": time.perf_counter() - started}
     write_json(out_dir / "summary.json", summary)
@@ -190,8 +251,24 @@ def _load_experiment_config(dim, exp_num):
     return folder, resolve_config(read_json(path), dim, source=str(path))
 
 
+def _data_from(config_file, config, dim, exp_num, progress):
+    """The ``data_config`` to evaluate on and its folder tag: ``config_file``'s, or the stored one."""
+    stored = config["data_config"]
+    if config_file is None:
+        return stored, None, None
+    other, path = load_config(config_file, dim)
+    tag = data_tag(other["data_config"], stored)
+    if progress:
+        where = f"dataset {other['data_config']['dataset']}" + (f" at {other['data_config']['root']}"
+                                                               if other["data_config"]["root"] else "")
+        note = "the same data as its stored config" if tag is None else f"output folders tagged _{tag}"
+        print(f"notice: evaluating experiment {exp_num} on the data_config of {path} ({where}; {note})",
+              file=sys.stderr)
+    return other["data_config"], tag, str(path)
+
+
 def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test", gpu_num=0, batch_size=None,
-                        n_panels=N_PANELS, progress=True):
+                        n_panels=N_PANELS, progress=True, score_on="native", config_file=None):
     """Evaluate experiment ``exp_num`` at each requested size; the API behind ``evaluate_<dim>d.py``.
 
     Parameters
@@ -214,6 +291,12 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
         Example panels per size.
     progress : bool
         Show progress bars.
+    score_on : {"native", "eval"}
+        Label maps that Dice and HD95 score (see :func:`evaluate_at`); default ``native``.
+    config_file : path-like, optional
+        A config whose ``data_config`` replaces the stored one for this evaluation only (other
+        data, or the same data at another path); the outputs then go to folders tagged with
+        :func:`data_tag`, never to those of the experiment's own data.
 
     Returns
     -------
@@ -227,29 +310,34 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
         config does not define, a bad flag value.
     """
     folder, config = _load_experiment_config(dim, exp_num)
-    if config["data_config"]["splits"].get(split) is None:
+    if score_on not in SCORE_ON:
+        raise UserError(f"--score_on must be one of {', '.join(SCORE_ON)}, got {score_on!r}")
+    data_config, tag, config_path = _data_from(config_file, config, dim, exp_num, progress)
+    if data_config["splits"].get(split) is None:
+        where = config_path or folder / "config.json"
         raise ConfigError(f"experiment {exp_num} has no {split} split (data_config.splits.{split} is null in "
-                          f"{folder / 'config.json'}); set an index range there or evaluate another --split")
+                          f"{where}); set an index range there or evaluate another --split")
     if batch_size is not None and batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {batch_size}")
     tc = config["train_config"]
     batch_size = batch_size or tc["val_batch_size"] or tc["batch_size"]
     device = select_device(gpu_num)
     model, info = load_model(folder, ckpt_epoch, device)
-    data = load_split(config["data_config"], dim, split)
+    data = load_split(data_config, dim, split)
     if len(data.pairs) == 0:
         raise ConfigError(f"the {split} split of experiment {exp_num} has no pairs; widen data_config.splits.{split}")
     context = {"exp_num": exp_num, "dim": dim, "model_name": config["model_name"],
                "n_params": count_parameters(model), "checkpoint": info["checkpoint"], "epoch": info["epoch"],
                "checkpoint_path": info["path"], "train_size": info["train_size"], "split": split,
-               "dataset": config["data_config"]["dataset"], "data_root": config["data_config"]["root"],
-               "label_scheme": config["data_config"]["label_scheme"],
+               "dataset": data_config["dataset"], "data_root": data_config["root"],
+               "label_scheme": data_config["label_scheme"], "data_tag": tag, "config_file": config_path,
+               "data_config": data_config,
                "device": str(device), "versions": xp.software_versions(), "git_commit": xp.git_commit()}
     summaries = []
     for size, shape in evaluation_shapes(sizes, data.shape):
-        out_dir = output_folder(folder, info["checkpoint"], size, split)
+        out_dir = output_folder(folder, info["checkpoint"], size, split, tag, score_on)
         summaries.append(evaluate_at(model, data, size, shape, out_dir, context, batch_size, n_panels, progress,
-                                     config["data_config"]["antialias"]))
+                                     data_config["antialias"], score_on))
         if progress:
             print(f"wrote {out_dir}", file=sys.stderr)
     return summaries
@@ -259,13 +347,23 @@ def evaluate_main(dim, argv=None):
     """Entry point shared by ``evaluate_2d.py`` and ``evaluate_3d.py``: evaluate, then print the table."""
     args = evaluation_parser(dim).parse_args(argv)
     summaries = evaluate_experiment(dim, args.exp_num, args.ckpt_epoch, args.size, args.split, args.gpu_num,
-                                    args.batch_size, args.n_panels)
+                                    args.batch_size, args.n_panels, score_on=args.score_on,
+                                    config_file=args.config_file)
     s = summaries[0]
     trained = "x".join(map(str, s["train_size"])) if s["train_size"] else "?"
     print(f"experiment {s['exp_num']} ({dim}D {s['model_name']}, {s['n_params']:,} parameters), checkpoint "
           f"{s['checkpoint']} (epoch {s['epoch']}, trained at {trained}), {s['split']} split, {s['device']}, "
           f"batch {s['batch_size']}")
+    if s["data_tag"]:
+        print(f"data: {s['dataset']}" + (f" at {s['data_root']}" if s["data_root"] else "") +
+              f" (from {s['config_file']}, not the experiment's own data)")
     print(format_table(summaries))
+    if s["score_on"] == "native":
+        print(f"Dice and HD95 scored on the native {'x'.join(map(str, s['full_shape']))} label maps (field "
+              "resampled to them); folding and SDlogJ on the evaluation grid")
+    else:
+        print("Dice and HD95 scored on label maps subsampled to each evaluation grid (--score_on eval, as "
+              "published); folding and SDlogJ on the evaluation grid")
     unlabelled = s["n_pairs_without_labels"]
     if unlabelled:
         print(f"note: {unlabelled} of {s['n_pairs']} pairs have no label maps; Dice and HD95 average the other "
@@ -273,5 +371,5 @@ def evaluate_main(dim, argv=None):
     return 0
 
 
-__all__ = ["evaluate_at", "evaluate_experiment", "evaluate_main", "evaluation_parser", "evaluation_shapes",
-           "output_folder", "panel_pairs"]
+__all__ = ["SCORE_ON", "data_tag", "evaluate_at", "evaluate_experiment", "evaluate_main", "evaluation_parser",
+           "evaluation_shapes", "output_folder", "panel_pairs"]

@@ -55,6 +55,7 @@ from engine.metrics import folding_percent, jacobian_determinant, mean_dice, sdl
 from engine.plotting import registration_panel, save_figure
 from engine.scoring import timed_registration
 from models import to_pixel_units, warp
+from models.spectral import weight_cache
 from utils.device import select_device
 from utils.errors import DataError, ShapeError, UserError
 from utils.fileio import write_json
@@ -242,7 +243,8 @@ def register_files(exp_num, dim, moving, fixed, out, moving_seg=None, fixed_seg=
         _check_range(fixed_t, "--fixed", fix.path)
         net_moving, net_fixed = moving_t, fixed_t
 
-    with torch.inference_mode():
+    # The weight cache is freed when the block ends (models.spectral.weight_cache).
+    with torch.inference_mode(), weight_cache(model):
         flow, _, seconds = timed_registration(model, net_moving, net_fixed, device)
         warped = warp(moving_t, flow)  # the moving image's own intensities, even with --rescale
         jac = jacobian_determinant(flow)

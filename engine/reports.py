@@ -99,9 +99,17 @@ def _nan_to_cells(values):
     return (float("nan") if mean is None else mean), (float("nan") if std is None else std)
 
 
+def _scored_on(summary):
+    """``native 160x192`` or ``eval 80x96``: the label grid Dice and HD95 were computed on."""
+    mode = summary.get("score_on", "eval")  # summaries written before the choice existed scored the eval grid
+    shape = summary.get("label_shape") or summary["eval_shape"]
+    return f"{mode} {'x'.join(map(str, shape))}"
+
+
 def format_table(summaries):
-    """The printed summary: one row per evaluation size."""
-    header = ["size", "shape", "pairs", "Dice before", "Dice after", "folding %", "SDlogJ", "HD95", "ms/pair"]
+    """The printed summary: one row per evaluation size; ``scored on`` names the label grid of Dice and HD95."""
+    header = ["size", "shape", "pairs", "scored on", "Dice before", "Dice after", "folding %", "SDlogJ", "HD95",
+              "ms/pair"]
 
     def pm(mean, std, digits):
         return "n/a" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
@@ -109,7 +117,7 @@ def format_table(summaries):
     def num(value, digits):
         return "n/a" if value is None else f"{value:.{digits}f}"
 
-    rows = [[str(s["eval_size"]), "x".join(map(str, s["eval_shape"])), str(s["n_pairs"]),
+    rows = [[str(s["eval_size"]), "x".join(map(str, s["eval_shape"])), str(s["n_pairs"]), _scored_on(s),
              num(s["initial_dice_mean"], 4), pm(s["dice_mean"], s["dice_std"], 4),
              pm(s["folding_percent_mean"], s["folding_percent_std"], 3), num(s["sdlogj_mean"], 4),
              num(s["hd95_mean"], 2), num(None if s["time_per_pair_s"] is None else 1000 * s["time_per_pair_s"], 2)]

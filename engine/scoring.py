@@ -4,6 +4,12 @@
 returns :class:`PairMetrics` (Dice per label before and after, HD95, folding, SDlogJ, time per
 pair); :func:`timed_registration` is the synchronised forward + warp that the time per pair
 measures (also used by ``register.py``). The protocol is described in :mod:`engine.evaluation`.
+
+Grids: the model runs at the split's shape and folding and SDlogJ are computed on the field it
+produced there. When the split's label maps are held at another shape (the native one,
+``DeviceSplit(label_shape=...)``), the field is resampled to the label grid (linearly, corners
+aligned; normalised units need no rescaling) and the native moving labels are warped with it, so
+Dice and HD95 compare the same label sets at every evaluation size.
 """
 
 import time
@@ -13,8 +19,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from data.resize import resize_images
 from engine.metrics import dice_per_label, folding_percent, hd95_per_label, jacobian_determinant, sdlogj
 from models import warp
+from models.spectral import weight_cache
 from utils.device import synchronize
 
 
@@ -54,6 +62,16 @@ def _forward_warp(model, moving, fixed):
     return (flow := model(moving, fixed)), warp(moving, flow)
 
 
+def field_on_grid(flow, shape):
+    """A normalised displacement ``flow`` (B, d, *spatial) resampled to ``shape``.
+
+    Linear (bilinear / trilinear) interpolation with corners aligned, the warp's convention, so a
+    value still names the same anatomical offset; normalised units need no rescaling. ``flow``
+    itself when it already has ``shape``.
+    """
+    return resize_images(flow, tuple(shape))
+
+
 def timed_registration(model, moving, fixed, device):
     """Displacement, warped image and seconds of ``model`` forward + warp, synchronised on ``device``."""
     synchronize(device)
@@ -73,13 +91,14 @@ def register_split(model, data, label_ids, batch_size, hd95_spacing=None, panels
     model : torch.nn.Module
         In eval mode, on ``data.device``.
     data : engine.batches.DeviceSplit
-        The split at the evaluation shape.
+        The split at the evaluation shape; its label maps may be at another shape (the native
+        one), onto which each field is resampled before it warps them.
     label_ids : sequence of int
         Labels to score (background excluded).
     batch_size : int
         Pairs per forward pass.
     hd95_spacing : sequence of float, optional
-        Voxel size per axis for HD95 (default 1).
+        Voxel size per axis of the label grid for HD95 (default 1).
     panels : collection of int
         Pair indices for which ``on_panel`` is called.
     on_panel : callable, optional
@@ -94,7 +113,17 @@ def register_split(model, data, label_ids, batch_size, hd95_spacing=None, panels
     Returns
     -------
     PairMetrics
+
+    Notes
+    -----
+    Runs inside :func:`models.spectral.weight_cache`: each spectral layer rebuilds its weight once
+    per input size instead of once per batch; the cache is freed on return.
     """
+    with weight_cache(model):
+        return _register_split(model, data, label_ids, batch_size, hd95_spacing, panels, on_panel, progress, desc)
+
+
+def _register_split(model, data, label_ids, batch_size, hd95_spacing, panels, on_panel, progress, desc):
     n, n_labels = len(data), len(label_ids)
     out = PairMetrics(*(np.full((n, n_labels), np.nan) for _ in range(3)),
                       *(np.zeros(n) for _ in range(3)), labelled=np.zeros(n, dtype=bool))
@@ -122,7 +151,8 @@ def register_split(model, data, label_ids, batch_size, hd95_spacing=None, panels
             if batch.moving_labels is not None:
                 labelled = batch.has_labels.cpu().numpy()
                 out.labelled[rows] = labelled
-                warped_labels = warp(batch.moving_labels, flow)  # integer maps: nearest neighbour
+                # Integer maps: nearest neighbour, on the label grid (the field resampled when it differs).
+                warped_labels = warp(batch.moving_labels, field_on_grid(flow, batch.moving_labels.shape[2:]))
                 before = dice_per_label(batch.moving_labels, batch.fixed_labels, label_ids).cpu().numpy()
                 after = dice_per_label(warped_labels, batch.fixed_labels, label_ids).cpu().numpy()
                 out.dice_before[rows[labelled]] = before[labelled]
@@ -149,4 +179,4 @@ def register_split(model, data, label_ids, batch_size, hd95_spacing=None, panels
     return out
 
 
-__all__ = ["PairMetrics", "register_split", "timed_registration"]
+__all__ = ["PairMetrics", "field_on_grid", "register_split", "timed_registration"]

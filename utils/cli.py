@@ -16,7 +16,7 @@ def train_parser(dim):
                         "(required unless --exp_num restarts or resumes an experiment)")
     parser.add_argument("--gpu_num", type=int, default=0, help="GPU index (cuda:K); -1 runs on the CPU (default 0)")
     parser.add_argument("--exp_num", type=int, help="restart experiment N from scratch with its stored config.json, "
-                        "or resume it with --ckpt_epoch")
+                        "or resume it with --ckpt_epoch (a --config_file given too is only compared with it)")
     parser.add_argument("--ckpt_epoch", type=int, help="with --exp_num: resume from the checkpoint of this epoch")
     parser.add_argument("--size", type=int, help="smallest side of the training shape (160 full, 80 half)")
     return parser
@@ -29,6 +29,9 @@ def evaluate_parser(dim):
         description=f"Evaluate a trained {dim}D experiment on its test split at full resolution.",
     )
     parser.add_argument("--exp_num", type=int, required=True, help="experiment number to evaluate")
+    parser.add_argument("--config_file", help="JSON config whose data_config replaces the experiment's stored one "
+                        "for this evaluation (other data, or data moved elsewhere); outputs go to folders named by "
+                        "that data")
     parser.add_argument("--gpu_num", type=int, default=0, help="GPU index (cuda:K); -1 runs on the CPU (default 0)")
     parser.add_argument("--ckpt_epoch", type=int, help="evaluate the checkpoint of this epoch instead of weights.pth")
     parser.add_argument("--size", type=int, nargs="+", help="evaluation size(s), smallest side (default: full)")

@@ -140,3 +140,14 @@ def test_real_samples(oasis_samples):
         warnings.simplefilter("ignore")
         seg4 = load_split({**cfg, "label_scheme": "seg4"}, 2, "test")
     assert bool(seg4.has_labels.all()) and seg4.label_ids == [1, 2, 3, 4]
+
+
+def test_consecutive_splits_are_views_and_others_are_copies():
+    from data.dataset import _take_rows
+
+    x = torch.arange(10.0).view(10, 1)
+    view = _take_rows(x, torch.tensor([3, 4, 5]))
+    assert view.data_ptr() == x[3:].data_ptr() and torch.equal(view[:, 0], torch.tensor([3.0, 4.0, 5.0]))
+    copy = _take_rows(x, torch.tensor([5, 3]))
+    assert copy.data_ptr() != x.data_ptr() and torch.equal(copy[:, 0], torch.tensor([5.0, 3.0]))
+    assert _take_rows(x, torch.tensor([], dtype=torch.long)).shape == (0, 1)

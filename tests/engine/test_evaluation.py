@@ -233,3 +233,92 @@ def test_helpers():
            "hd95_mean": None, "time_per_pair_s": 0.004}
     table = format_table([row])
     assert "0.7650 ± 0.0300" in table and "n/a" in table and "4.00" in table
+
+
+# --------------------------------------------------------------------- issue 8: items 3, 4 and 8
+def spectral_layers(model):
+    from models.spectral import SpectralConv
+
+    return [m for m in model.modules() if isinstance(m, SpectralConv)]
+
+
+def test_register_split_uses_the_weight_cache_and_frees_it(monkeypatch):
+    from engine.batches import DeviceSplit
+    from engine.scoring import register_split
+    from models.spectral import SpectralConv
+
+    split = load_split(resolve_config({"model_name": "fnoreg", "model_config": MODEL[2], "data_config": PHANTOM[2]}, 2)["data_config"],
+                       2,
+                       "test")
+    model = build_model("fnoreg", MODEL[2], 2).eval()
+    rebuilds = []
+    original = SpectralConv._dense
+    monkeypatch.setattr(SpectralConv, "_dense", lambda self, *a: rebuilds.append(self) or original(self, *a))
+    register_split(model, DeviceSplit(split, split.shape, "cpu"), split.label_ids, 1, progress=False)
+    layers = spectral_layers(model)
+    # Four pairs, one at a time, plus a warm-up: each layer rebuilt its weight once, not once per pass.
+    assert len(rebuilds) == len(layers) > 0
+    assert all(layer._cache is None and not layer._cache_enabled for layer in layers)
+
+
+def test_field_on_grid_keeps_a_linear_field_exactly():
+    from engine.scoring import field_on_grid
+
+    def linear(shape):
+        grid = torch.stack(torch.meshgrid(*[torch.linspace(-1, 1, n, dtype=torch.float64) for n in shape],
+                                          indexing="ij"))
+        return (0.1 * grid + 0.05 * grid.flip(0) + 0.02)[None]  # normalised units, any resolution
+
+    assert torch.allclose(field_on_grid(linear((8, 10)), (32, 40)), linear((32, 40)), atol=1e-12)
+    assert torch.allclose(field_on_grid(linear((5, 6, 7)), (20, 24, 28)), linear((20, 24, 28)), atol=1e-12)
+
+
+def test_native_scoring_compares_the_same_labels_at_every_size(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", str(tmp_path / "experiments"))
+    exp_num, folder = save_untrained_experiment(2, PHANTOM[2])  # the identity registration
+    assert evaluate(2, "--exp_num", str(exp_num), "--size", "8", "32", "--n_panels", "0") == 0
+    out = capsys.readouterr().out
+    assert "scored on" in out and "native 32x40" in out and "native 32x40 label maps" in out
+    native8, native32 = (json.loads((folder / "eval" / f"final_{s}" / "summary.json").read_text()) for s in (8, 32))
+    assert native8["score_on"] == "native" and native8["label_shape"] == [32, 40] == native8["full_shape"]
+    # Same label maps at both sizes: the initial Dice is identical, and an identity field scores it again.
+    assert native8["initial_dice_mean"] == native32["initial_dice_mean"] == native8["dice_mean"]
+    assert native8["hd95_mean"] == pytest.approx(native32["hd95_mean"], rel=1e-12)
+    # Folding and SDlogJ stay on the evaluation grid.
+    assert native8["eval_shape"] == [8, 10]
+
+    assert evaluate(2, "--exp_num", str(exp_num), "--size", "8", "--n_panels", "0", "--score_on", "eval") == 0
+    assert "eval 8x10" in capsys.readouterr().out
+    sub = json.loads((folder / "eval" / "final_8_evalgrid" / "summary.json").read_text())
+    assert sub["score_on"] == "eval" and sub["label_shape"] == [8, 10]
+    assert sub["initial_dice_mean"] != native8["initial_dice_mean"]  # subsampled maps: another label set
+    # The native folder was not replaced by the published-way evaluation.
+    assert json.loads((folder / "eval" / "final_8" / "summary.json").read_text())["score_on"] == "native"
+
+
+def test_config_file_evaluates_other_data_into_a_folder_named_by_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", str(tmp_path / "experiments"))
+    exp_num, folder = save_untrained_experiment(2, PHANTOM[2])
+    assert evaluate(2, "--exp_num", str(exp_num), "--n_panels", "0") == 0
+    own = (folder / "eval" / "final_32" / "summary.json").read_text()
+
+    # The same subjects written in the OASIS layout elsewhere: a moved dataset.
+    root = write_phantom_dataset(tmp_path / "moved" / "oasis-copy", 2, 9, shape=[32, 40], seed=0)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"model_name": "fnoreg", "model_config": MODEL[2], "data_config": {
+        "dataset": "oasis", "root": str(root), "splits": PHANTOM[2]["splits"]}}))
+    assert evaluate(2, "--exp_num", str(exp_num), "--n_panels", "0", "--config_file", str(other)) == 0
+    captured = capsys.readouterr()
+    assert f"data_config of {other}" in captured.err and f"at {root}" in captured.out
+    (tagged,) = [p for p in (folder / "eval").iterdir() if p.name.startswith("final_32_oasis-copy-")]
+    summary = json.loads((tagged / "summary.json").read_text())
+    assert summary["data_root"] == str(root) and summary["config_file"] == str(other)
+    assert summary["data_config"]["root"] == str(root) and summary["data_tag"] == tagged.name[len("final_32_"):]
+    assert (folder / "eval" / "final_32" / "summary.json").read_text() == own  # never overwritten
+    assert json.loads(own)["data_tag"] is None and json.loads(own)["data_config"]["dataset"] == "phantom"
+
+    # A config holding the experiment's own data evaluates into the usual folder.
+    same = tmp_path / "same.json"
+    same.write_text(json.dumps({"model_name": "fnoreg", "model_config": MODEL[2], "data_config": PHANTOM[2]}))
+    (s,) = evaluate_experiment(2, exp_num, gpu_num=-1, progress=False, n_panels=0, config_file=str(same))
+    assert s["data_tag"] is None and len(list((folder / "eval").iterdir())) == 2
