@@ -99,3 +99,23 @@ def test_bad_steps(steps):
 def test_bad_field():
     with pytest.raises(ShapeError, match="velocity field"):
         ScalingSquaring()(torch.zeros(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_composition_with_the_inverse_velocity_map_is_the_identity(dim):
+    """exp(v) o exp(-v) = id: the map is invertible, and its inverse is the negated velocity's."""
+    from models import warp
+
+    shape = SHAPES[dim]
+    grid = identity_grid(shape)
+    # A smooth, large velocity that vanishes at the borders (samples outside read zero).
+    bump = torch.ones(shape)
+    for axis in range(dim):
+        bump = bump * torch.cos(0.5 * math.pi * grid[axis]) ** 2
+    velocity = 0.3 * bump * smooth_velocity(shape, 1.0)
+    forward, backward = ScalingSquaring(7)(velocity), ScalingSquaring(7)(-velocity)
+    composed = backward + warp(forward, backward)  # u of exp(v) o exp(-v)
+    largest = to_pixel_units(forward).abs().max()
+    assert largest > 3  # pixels: a large deformation
+    assert to_pixel_units(composed).abs().max() < 0.05 * largest
+    assert (jacobian_determinant(forward) > 0).all()
