@@ -64,8 +64,10 @@ def create_experiment(dim):
 
 
 def experiment_dir(dim, exp_num):
-    """Folder of an existing experiment, or a UserError listing the ones that exist."""
+    """Folder of an existing experiment, or a UserError: the ones that exist, or how to restore its config."""
     folder = experiments_root(dim) / f"exp{exp_num}"
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise UserError(_missing_config_message(folder, exp_num))
     if not (folder / "config.json").is_file():
         existing = list_experiments(dim)
         have = ", ".join(map(str, existing)) if existing else "none yet"
@@ -74,6 +76,20 @@ def experiment_dir(dim, exp_num):
             f"start one with train_{dim}d.py --config_file CONFIG"
         )
     return folder
+
+
+def _missing_config_message(folder, exp_num):
+    """Experiment ``exp_num``'s folder exists without its ``config.json``: say so and how to restore it."""
+    config = folder / "config.json"
+    checkpoints = sorted((folder / "checkpoints").glob("ckpt_epoch*.pt"),
+                         key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+    if checkpoints:
+        source = checkpoints[-1]
+        how = (f"restore it from the copy every checkpoint holds: python -c \"import json, torch; json.dump(torch.load("
+               f"'{source}', weights_only=True)['config'], open('{config}', 'w'), indent=2)\"")
+    else:
+        how = "restore it from a backup, or copy the config file the experiment was started with there"
+    return f"experiment {exp_num} has no config.json ({config} is missing); {how}"
 
 
 def now():

@@ -242,7 +242,7 @@ def plot_history(history, out_dir, initial_dice=None):
     val_epochs = history.get("val_epoch", [])
 
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    if val_epochs:
+    if val_epochs and len(history.get("val_dice", [])) == len(val_epochs):  # no Dice without labelled val pairs
         ax[0].plot(val_epochs, history["val_dice"], "o-", color="#1f77b4", ms=3, label="after registration")
     if initial_dice is not None:
         ax[0].axhline(initial_dice, color="gray", ls="--", label=f"before registration ({initial_dice:.3f})")
@@ -270,7 +270,7 @@ def plot_history(history, out_dir, initial_dice=None):
     ax.legend(fontsize=8)
     for ax, term in zip(axes[0, 1:], terms):
         ax.plot(history["epoch"], history[f"train_{term}"], "-", label="train")
-        if f"val_{term}" in history and val_epochs:
+        if len(history.get(f"val_{term}", [])) == len(val_epochs) > 0:
             ax.plot(val_epochs, history[f"val_{term}"], "o-", ms=3, label="validation")
         ax.set(xlabel="epoch", title=f"{term} term (unweighted)")
         ax.legend(fontsize=8)

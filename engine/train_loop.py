@@ -27,7 +27,8 @@ from engine.metrics import folding_percent, mean_dice
 from engine.plotting import TRAIN_COLUMNS, plot_history, registration_panel
 from losses import one_hot
 from models import to_pixel_units, warp
-from utils.distributed import any_rank, barrier, shutdown
+from models.spectral import weight_cache
+from utils.distributed import any_rank, barrier, mean_over_ranks, shutdown
 from utils.fileio import write_json
 
 EXIT_INTERRUPTED = 130
@@ -127,8 +128,11 @@ class TrainingLoop:
                 bad |= ~torch.isfinite(total.detach())
                 # Read back to the host only every few steps: a GPU keeps running ahead meanwhile.
                 if step % 10 == 0 or step == len(order) - 1:
-                    if bool(bad):
-                        raise TrainingDiverged(f"non-finite training loss at epoch {epoch}, step {step + 1}")
+                    # Decided on all ranks together: a rank that stopped alone would leave the
+                    # others waiting in the next collective.
+                    if any_rank(bool(bad), self.dist):
+                        raise TrainingDiverged(f"non-finite training loss at epoch {epoch}, step {step + 1}"
+                                               + ("" if bool(bad) or not self.dist.enabled else " on another rank"))
                     n = device_sums["steps"].item()
                     bar.set_postfix(loss=f"{device_sums['loss'].item() / n:.4g}")
                 bar.update(1)
@@ -136,13 +140,29 @@ class TrainingLoop:
             bar.close()
         return len(order), self._host(device_sums), False
 
-    @staticmethod
-    def _host(device_sums):
-        return {k: float(v) for k, v in device_sums.items()}
+    def _host(self, device_sums):
+        """The epoch's sums on the host, averaged over ranks under DDP.
+
+        Each rank sums its own share of every global batch; the average over ranks, divided by
+        the steps, is the mean over the whole batch, which is what is logged and checkpointed
+        (a resumed epoch's sums then continue identically on every rank). Every rank calls this
+        at the same step (the stop decision is taken by all ranks together).
+        """
+        return mean_over_ranks({k: float(v) for k, v in device_sums.items()}, self.dist, self.device)
 
     @torch.inference_mode()
     def _validate(self):
-        """Loss terms, Dice before/after and folding on the validation pairs at the training shape."""
+        """Loss terms, Dice before/after and folding on the validation pairs at the training shape.
+
+        Runs inside :func:`models.spectral.weight_cache`, freed on return (no memory is held
+        during training). Pairs without label maps count towards the loss and folding only; a
+        batch with no labelled pair adds no Dice, and without any labelled pair ``dice`` and
+        ``dice_before`` are absent.
+        """
+        with weight_cache(self.model):
+            return self._validate_pairs()
+
+    def _validate_pairs(self):
         tc = self.config["train_config"]
         self.model.eval()
         totals, n_pairs = {}, 0
@@ -157,7 +177,7 @@ class TrainingLoop:
                 totals[name] = totals.get(name, 0.0) + float(value) * b
             n_pairs += b
             folds.append(folding_percent(flow))
-            if batch.moving_labels is not None:
+            if batch.moving_labels is not None and bool(batch.has_labels.any()):
                 keep = batch.has_labels
                 warped_labels = warp(batch.moving_labels, flow)
                 dice_after.append(mean_dice(warped_labels[keep], batch.fixed_labels[keep], self.label_ids))
@@ -173,16 +193,17 @@ class TrainingLoop:
     def _log_panel(self, epoch):
         self.model.eval()
         batch = self.val.batch(torch.tensor([0]))
-        flow = self.model(batch.moving, batch.fixed)
+        with weight_cache(self.model):
+            flow = self.model(batch.moving, batch.fixed)
         warped = warp(batch.moving, flow)
         fig = registration_panel(batch.fixed[0, 0], batch.moving[0, 0], warped[0, 0], to_pixel_units(flow)[0],
                                  columns=TRAIN_COLUMNS, title=f"validation pair 0, epoch {epoch}")
         self.writer.add_figure("Registration/val_pair0", fig, epoch)
 
     # ----------------------------------------------------------------------------- loop
-    def _record(self, epoch, train_means, val, seconds):
+    def _record(self, epoch, train_means, val, seconds, lr):
+        """Log epoch ``epoch``: history, TensorBoard, the console line; ``lr`` is the LR it trained with."""
         h = self.history
-        lr = self.optimizer.param_groups[0]["lr"]
         h.setdefault("epoch", []).append(epoch)
         h.setdefault("lr", []).append(lr)
         h.setdefault("time_s", []).append(seconds)
@@ -243,6 +264,7 @@ class TrainingLoop:
                 first_step, sums = self.start_step, self.partial_sums
                 for epoch in range(self.start_epoch + 1, tc["epochs"] + 1):
                     started = time.perf_counter()
+                    lr = self.optimizer.param_groups[0]["lr"]  # this epoch's; the scheduler steps after it
                     done, sums, stopped = self._train_epoch(epoch, first_step, sums)
                     if stopped:
                         self._save_interrupted(epoch, done, sums)
@@ -255,7 +277,7 @@ class TrainingLoop:
                     if self.main and self.val is not None and (epoch % tc["val_freq"] == 0 or epoch == tc["epochs"]):
                         val = self._validate()
                     if self.main:
-                        self._record(epoch, means, val, time.perf_counter() - started)
+                        self._record(epoch, means, val, time.perf_counter() - started, lr)
                         self._plot(force=epoch % tc["ckpt_freq"] == 0)
                         if epoch % tc["image_log_freq"] == 0 or epoch == tc["epochs"]:
                             if self.val is not None:

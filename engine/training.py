@@ -8,6 +8,9 @@ Modes, chosen by the flags (see ``utils.cli.train_parser``):
   ``previous_runs/run<k>/`` and its TensorBoard logs stay in ``logs/run<k>/``.
 - ``--exp_num N --ckpt_epoch E``: resume from the checkpoint of epoch E (model, optimizer, LR
   schedule, RNG, epoch and step counters, metric history); TensorBoard continues the same run.
+- ``--config_file C`` with ``--exp_num N`` (the paper's command lines): the stored config still
+  trains; C is only compared with it, and a notice names the ``model_name``, ``model_config`` and
+  ``train_config`` keys in which they differ.
 
 This module sets a run up (devices, config, data, model, optimizer, resume state, experiment
 folder); the epoch loop, its determinism and its handling of interruptions are in
@@ -65,7 +68,7 @@ class Trainer(TrainingLoop):
         # Validate the data before any folder is created, so a bad path leaves nothing behind.
         splits = load_splits(self.config["data_config"], dim, ("train", "val"))
         full_shape = tuple(splits["train"].images.shape[2:])
-        self.train_shape = shape_for_size(tc["size"], full_shape) if tc["size"] else full_shape
+        self.train_shape = shape_for_size(tc["size"], full_shape) if tc["size"] is not None else full_shape
         if self.resume_state is not None and tuple(self.resume_state["train_size"]) != self.train_shape:
             raise UserError(f"checkpoint was trained at {tuple(self.resume_state['train_size'])} but --size gives "
                             f"{self.train_shape}; resume without --size or restart the experiment")
@@ -97,6 +100,9 @@ class Trainer(TrainingLoop):
     # ----------------------------------------------------------------------------- setup
     def _resolve_mode(self, args):
         self.resume_state = None
+        if args.size is not None and args.size < 2:
+            raise ConfigError(f"--size must be at least 2 (the smallest side of the training shape: 160 full, 80 "
+                              f"half resolution), got {args.size}; omit --size to train at the data's own size")
         if args.exp_num is None:
             if args.ckpt_epoch is not None:
                 raise UserError("--ckpt_epoch needs --exp_num (the experiment to resume)")
@@ -105,13 +111,17 @@ class Trainer(TrainingLoop):
             self.config, _ = load_config(args.config_file, self.dim)
             self.mode, self.folder, self.exp_num = "start", None, None
         else:
-            if args.config_file:
-                raise UserError(f"--exp_num {args.exp_num} uses the config.json stored in its folder; drop "
-                                "--config_file (edit that config.json to change settings)")
             self.folder = xp.experiment_dir(self.dim, args.exp_num)
             self.exp_num = args.exp_num
             path = self.folder / "config.json"
             self.config = resolve_config(read_json(path), self.dim, source=str(path))
+            if args.config_file:
+                given, given_path = load_config(args.config_file, self.dim)
+                differing = config_differences(given, self.config)
+                if differing and self.dist.is_main:
+                    print(f"notice: {given_path} differs from experiment {args.exp_num}'s stored config in "
+                          f"{', '.join(differing)}; the stored {path} is used (edit it to change settings)",
+                          file=sys.stderr)
             self.mode = "restart" if args.ckpt_epoch is None else "resume"
             if args.ckpt_epoch is not None:
                 self.resume_state = load_checkpoint(self.folder, args.ckpt_epoch)
@@ -177,6 +187,31 @@ class Trainer(TrainingLoop):
             "train_size": list(self.train_shape),
             "config": self.config,
         }
+
+
+def config_differences(given, stored, sections=("model_name", "model_config", "train_config")):
+    """Dotted names of the keys in which two resolved configs differ, within ``sections``.
+
+    Parameters
+    ----------
+    given, stored : dict
+        Resolved configs (:func:`engine.config.resolve_config`).
+    sections : sequence of str
+        Top-level keys to compare; a dict section is compared key by key.
+
+    Returns
+    -------
+    list of str
+        E.g. ``["model_config.n_layers", "train_config.lr"]``; empty when they agree.
+    """
+    out = []
+    for section in sections:
+        a, b = given.get(section), stored.get(section)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{section}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            out.append(section)
+    return out
 
 
 def train_main(dim, argv=None):

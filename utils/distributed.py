@@ -60,6 +60,22 @@ def any_rank(flag, info):
     return bool(t.item())
 
 
+def mean_over_ranks(values, info, device=None):
+    """``{name: float}`` averaged over all ranks (the same dict on one process).
+
+    Every rank must call it at the same point with the same keys. ``device`` is where the
+    reduction runs (a CUDA device for NCCL; the CPU for gloo).
+    """
+    if not info.enabled:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.to(device if device is not None and torch.device(device).type == "cuda" else "cuda")
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return {k: float(v) / info.world_size for k, v in zip(keys, t.tolist())}
+
+
 def barrier(info):
     if info.enabled:
         dist.barrier()

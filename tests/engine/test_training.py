@@ -233,3 +233,158 @@ def test_epoch_order_depends_only_on_seed_and_epoch():
     assert long.shape == (7, 2)
     assert sorted(long.flatten()[:5].tolist()) == [0, 1, 2, 3, 4]
     assert epoch_order(3, 8, None, seed=0, epoch=1).shape == (1, 3)  # batch larger than the split
+
+
+# --------------------------------------------------------------------- issue 8: items 3, 5, 6, 8-11
+def test_validation_uses_the_weight_cache_and_frees_it(tmp_path, exp_root, monkeypatch):
+    from engine.train_loop import TrainingLoop
+    from models.spectral import SpectralConv
+
+    seen = {"enabled": [], "after": []}
+    original_weight = SpectralConv._real_weight
+
+    def recording(self, slices):
+        if not torch.is_grad_enabled():
+            seen["enabled"].append(self._cache_enabled)
+        return original_weight(self, slices)
+
+    def wrap(method):
+        def run(self, *args):
+            out = method(self, *args)
+            layers = [m for m in self.model.modules() if isinstance(m, SpectralConv)]
+            seen["after"].append(bool(layers) and all(m._cache is None and not m._cache_enabled for m in layers))
+            return out
+        return run
+
+    monkeypatch.setattr(SpectralConv, "_real_weight", recording)
+    monkeypatch.setattr(TrainingLoop, "_validate", wrap(TrainingLoop._validate))
+    monkeypatch.setattr(TrainingLoop, "_log_panel", wrap(TrainingLoop._log_panel))
+    assert train("--config_file", write_config(tmp_path, train_config={"epochs": 2})) == 0
+    assert seen["enabled"] and all(seen["enabled"])  # every inference forward ran with the cache on
+    assert seen["after"] == [True] * 3  # 2 validations, 1 panel (epoch 2): nothing held afterwards
+
+
+def test_logged_lr_is_the_one_the_epoch_trained_with(tmp_path, exp_root):
+    assert train("--config_file", write_config(tmp_path, train_config={"epochs": 3, "steps_per_epoch": 1})) == 0
+    history = json.loads((exp_root / "2d" / "exp1" / "history.json").read_text())
+    assert history["lr"] == pytest.approx([1e-3, 9e-4, 8.1e-4])  # step schedule, gamma 0.9 after each epoch
+
+
+@pytest.mark.parametrize("unlabelled", [[6], [4, 5, 6, 7]], ids=["mixed", "none-labelled"])
+def test_validation_with_unlabelled_pairs(tmp_path, exp_root, unlabelled):
+    from data.phantom import write_phantom_dataset
+
+    root = write_phantom_dataset(tmp_path / "data", 2, 8, shape=[32, 40], seed=0)
+    for subject in unlabelled:
+        (root / f"PHANTOM_{subject:04d}" / "slice_seg24.nii.gz").unlink()
+    # Validation pairs (4,5) (5,6) | (6,7) (7,6) | (6,5) (5,4) in batches of two: mixed, then no labelled pair.
+    cfg = write_config(tmp_path, train_config={"epochs": 1, "steps_per_epoch": 1, "val_batch_size": 2,
+                                               "seg_param": 0.01})
+    raw = json.loads(Path(cfg).read_text())
+    raw["data_config"] = {"dataset": "oasis", "root": str(root), "splits": {"train": [0, 3], "val": [4, 7],
+                                                                            "test": None}}
+    Path(cfg).write_text(json.dumps(raw))
+    assert train("--config_file", cfg) == 0
+    history = json.loads((exp_root / "2d" / "exp1" / "history.json").read_text())
+    assert len(history["val_loss"]) == 1 and len(history["val_folding"]) == 1
+    if len(unlabelled) == 1:
+        assert 0 < history["val_dice"][0] <= 1 and 0 < history["initial_val_dice"] <= 1
+    else:
+        assert "val_dice" not in history
+
+
+def test_size_zero_is_a_one_line_error(tmp_path, exp_root, capsys):
+    for size in ("0", "-80"):
+        with pytest.raises(SystemExit) as exc:
+            train("--config_file", write_config(tmp_path), "--size", size)
+        assert exc.value.code == 2
+        (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert "--size must be at least 2" in line and size in line
+    assert not exp_root.exists() or xp.list_experiments(2) == []
+
+
+def test_missing_config_json_says_how_to_restore_it(tmp_path, exp_root, capsys):
+    import shlex
+
+    folder = exp_root / "2d" / "exp1"
+    (folder / "checkpoints").mkdir(parents=True)
+    config = json.loads(json.dumps(TINY))
+    torch.save({"config": config, "epoch": 2}, folder / "checkpoints" / "ckpt_epoch2.pt")
+    torch.save({"config": {"stale": True}, "epoch": 1}, folder / "checkpoints" / "ckpt_epoch1.pt")
+    with pytest.raises(SystemExit) as exc:
+        train("--exp_num", "1")
+    assert exc.value.code == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert "experiment 1 has no config.json" in line and "not found" not in line and "ckpt_epoch2.pt" in line
+    # The command it gives restores the file.
+    command = line.split("holds: ", 1)[1]
+    subprocess.run(shlex.split(command), check=True, cwd=REPO, capture_output=True)
+    assert json.loads((folder / "config.json").read_text()) == config
+
+
+def test_paper_command_line_config_file_with_exp_num(tmp_path, exp_root, capsys):
+    cfg = write_config(tmp_path, train_config={"epochs": 2})
+    assert train("--config_file", cfg) == 0
+    capsys.readouterr()
+    # The paper's resume line: the stored config trains, the same config file gives no notice.
+    assert train("--config_file", cfg, "--exp_num", "1", "--ckpt_epoch", "2") == 0
+    assert "differs from experiment" not in capsys.readouterr().err
+    changed = write_config(tmp_path, train_config={"epochs": 2, "lr": 5e-4},
+                           model_config={"n_layers": 2})
+    stored = (exp_root / "2d" / "exp1" / "config.json").read_text()
+    assert train("--config_file", changed, "--exp_num", "1") == 0  # restart
+    (notice,) = [line for line in capsys.readouterr().err.splitlines() if "differs from experiment" in line]
+    assert "model_config.n_layers, train_config.lr" in notice and "stored" in notice
+    assert (exp_root / "2d" / "exp1" / "config.json").read_text() == stored
+    assert json.loads((exp_root / "2d" / "exp1" / "history.json").read_text())["lr"][0] == 1e-3
+
+
+DDP_WORKER = '''
+import os, sys
+sys.path.insert(0, {repo!r})
+from losses import registration
+from engine.training import train_main
+from utils.cli import run_cli
+
+original = registration.RegistrationLoss.__call__
+calls = {{"n": 0}}
+
+def loss(self, *args, **kwargs):
+    total, terms = original(self, *args, **kwargs)
+    calls["n"] += 1
+    # Rank 1 alone diverges at the first step of epoch 2 (rank 1 never validates: 3 calls per epoch).
+    if os.environ["RANK"] == "1" and calls["n"] > 3 and {nan}:
+        total = total * float("nan")
+    return total, terms
+
+registration.RegistrationLoss.__call__ = loss
+sys.exit(run_cli(lambda a: train_main(2, a)))
+'''
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
+                    reason="torchrun not installed")
+def test_ddp_nan_on_one_rank_stops_every_rank_and_loss_is_over_all_ranks(tmp_path, exp_root):
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # FNO has no batch norm, so two processes of one pair each train exactly like one process of two pairs.
+    cfg = write_config(tmp_path, model_config={"hidden_channels": 4, "projection_channels": 8, "n_layers": 1,
+                                               "n_modes": [8, 8]}, train_config={"epochs": 2})
+    raw = json.loads(Path(cfg).read_text())
+    raw["model_name"] = "fno"
+    Path(cfg).write_text(json.dumps(raw))
+    worker = tmp_path / "worker.py"
+    worker.write_text(DDP_WORKER.format(repo=str(REPO), nan=True))
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(worker), "--config_file", cfg,
+                           "--gpu_num", "-1"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "error: non-finite training loss at epoch 2, step 1 on another rank" in proc.stderr, proc.stderr[-3000:]
+    meta = json.loads((exp_root / "2d" / "exp1" / "metadata.json").read_text())
+    assert meta["runs"][0]["status"] == "failed" and "non-finite" in meta["runs"][0]["message"]
+    ddp = json.loads((exp_root / "2d" / "exp1" / "history.json").read_text())
+
+    # The logged epoch-1 loss is the mean over both ranks' pairs: what one process with both pairs logs.
+    assert train("--config_file", cfg) == 0
+    single = json.loads((exp_root / "2d" / "exp2" / "history.json").read_text())
+    assert ddp["train_loss"][0] == pytest.approx(single["train_loss"][0], rel=1e-5)
+    assert ddp["train_similarity"][0] == pytest.approx(single["train_similarity"][0], rel=1e-5)
