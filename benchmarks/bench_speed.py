@@ -1,0 +1,415 @@
+"""Speed of every model side by side: inference time per pair and training throughput.
+
+Run: ``python benchmarks/bench_speed.py [--gpu_num -1 0] [--models NAME[/PRESET] ...]
+[--configs LABEL=path.json ...] [--sizes 2d_half 2d_full 3d_half 3d_full] [--repeats 5]
+[--threads N] [--max_seconds 60] [--out benchmarks/results]``
+
+What is measured, per model, preset and size:
+
+- **Inference**: one pair (batch 1), forward pass plus the image warp, under
+  ``torch.inference_mode()`` with the model in eval mode (the timing of ``evaluate_<d>d.py``):
+  one warm-up call, then the median of ``--repeats`` calls, the device synchronised before and
+  after each.
+- **Training throughput**: pairs per second of full training steps (forward, warp, the project's
+  ``RegistrationLoss`` with the config's similarity and weights, backward, Adam step) at the
+  batch size of the model's config in ``configs/`` (2D 8, 3D 1 where there is none; a soft Dice
+  term on random label maps when the config's ``seg_param`` is > 0, as in the published 3D
+  runs). Same warm-up and median.
+- **Ratio to VoxelMorph vxm2**: each time per pair divided by that of VoxelMorph-2 measured in
+  the same run on the same device and size (> 1 is slower), so the figures survive a noisy or
+  different machine. vxm2 is always measured.
+- **Cost growth**: ``speed_scaling.png``, time per pair against pixels on log-log axes, and the
+  fitted exponent (slope) per model in ``speed.json``.
+
+Cells that cannot or should not run say why: a size the model refuses (``skipped (...)``), a
+cell whose time extrapolated from the next smaller size of the same dimension exceeds
+``--max_seconds``, a CPU training cell whose activation memory extrapolated from the next
+smaller size (bytes the autograd graph saved, measured with saved-tensor hooks) would not fit in
+the available memory, or ``out of memory``. ``--max_seconds`` also caps each cell's repeats; a
+cell timed by its warm-up call alone is flagged approximate (``≈``, an upper bound).
+
+Outputs in ``--out``: ``speed.json`` (machine, settings, every cell with all its timings),
+``speed.md`` (one inference and one training table per device) and ``speed_scaling.png``.
+"""
+
+import argparse
+import gc
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (  # noqa: E402
+    NAMED_SIZES,
+    available_memory_bytes,
+    build,
+    cannot_run,
+    finish_machine_info,
+    fmt_seconds,
+    machine_info,
+    machine_line,
+    markdown_table,
+    parse_models,
+    parse_size,
+    set_threads,
+    shape_text,
+    short_reason,
+    time_call,
+    write_outputs,
+)
+
+MODES = ("inference", "training")
+DEFAULT_SIZES = tuple(NAMED_SIZES)
+MEMORY_HEADROOM = 0.7  # a CPU training cell may use at most this share of the available memory
+
+
+def _devices(gpu_nums):
+    out = []
+    for g in gpu_nums:
+        if g < 0:
+            out.append(torch.device("cpu"))
+        elif torch.cuda.is_available() and g < torch.cuda.device_count():
+            out.append(torch.device(f"cuda:{g}"))
+        else:
+            print(f"notice: no cuda:{g} here; --gpu_num {g} skipped", file=sys.stderr)
+    return out or [torch.device("cpu")]
+
+
+def _label_ids(dim):
+    return list(range(1, 25 if dim == 2 else 36))
+
+
+class SavedBytes:
+    """Bytes of the tensors autograd saves for backward (distinct storages), via saved-tensor hooks."""
+
+    def __init__(self):
+        self.seen = {}
+
+    def pack(self, t):
+        try:
+            storage = t.untyped_storage()
+            self.seen[(storage.data_ptr(), t.device)] = storage.nbytes()
+        except (RuntimeError, NotImplementedError):
+            pass
+        return t
+
+    @property
+    def total(self):
+        return sum(self.seen.values())
+
+
+def inference_fn(model, shape, device):
+    from models import warp
+
+    moving, fixed = torch.rand(2, 1, 1, *shape, device=device)
+
+    def call():
+        with torch.inference_mode():
+            return warp(moving, model(moving, fixed))
+
+    return call
+
+
+def training_fn(model, entry, dim, shape, device):
+    """One full training step at the entry's batch size; returns (step function, batch, hooks)."""
+    from losses import RegistrationLoss, one_hot
+    from models import warp
+
+    batch = entry.batch_size(dim)
+    loss_fn = RegistrationLoss(**entry.loss_settings(dim))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    moving, fixed = torch.rand(2, batch, 1, *shape, device=device)
+    labels = None
+    if loss_fn.uses_labels:
+        ids = _label_ids(dim)
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        labels = torch.randint(0, len(ids) + 1, (2, batch, 1, *shape), generator=gen).to(device)
+    saved = SavedBytes()
+    state = {"hooks": True}
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        ctx = torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t) if state["hooks"] else _null()
+        with ctx:
+            flow = model(moving, fixed)
+            warped = warp(moving, flow)
+            onehots = (None, None)
+            if labels is not None:
+                onehots = (one_hot(labels[1], ids), warp(one_hot(labels[0], ids), flow))
+            total, _ = loss_fn(fixed, warped, flow, *onehots)
+        total.backward()
+        optimizer.step()
+        state["hooks"] = False  # measured on the first (warm-up) step only, so timings carry no hooks
+
+    return step, batch, saved
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _free(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _param_bytes(model):
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _is_oom(exc):
+    return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc) \
+        or "out of memory" in str(exc).lower()
+
+
+def bench(entries, sizes, devices, repeats, max_seconds, modes=MODES, progress=True):
+    """Measure every (device, entry, size, mode) cell; returns the list of cell dicts."""
+    cells = []
+    for device in devices:
+        for entry in entries:
+            for dim in sorted(entry.dims):
+                dim_sizes = sorted([s for s in sizes if len(s[1]) == dim], key=lambda s: math.prod(s[1]))
+                if not dim_sizes:
+                    continue
+                torch.manual_seed(0)
+                model = build(entry, dim, device)
+                from models import count_parameters
+
+                n_params = count_parameters(model)
+                previous = {}  # mode -> (pixels, per-call seconds, saved bytes) of the last measured size
+                for size_name, shape in dim_sizes:
+                    pixels = math.prod(shape)
+                    for mode in modes:
+                        cell = {"device": str(device), "label": entry.label, "model_name": entry.model_name,
+                                "model_config": entry.model_config, "dim": dim, "size": size_name,
+                                "shape": list(shape), "pixels": pixels, "mode": mode, "n_params": n_params,
+                                "batch": 1 if mode == "inference" else entry.batch_size(dim),
+                                "config_file": entry.config_file}
+                        cell.update(_measure(entry, model, dim, shape, device, mode, repeats, max_seconds,
+                                             previous.get(mode)))
+                        if cell["status"] == "ok":
+                            previous[mode] = (pixels, cell["seconds_per_call"], cell.get("saved_bytes"))
+                        cells.append(cell)
+                        if progress:
+                            what = (f"{fmt_seconds(cell['seconds_per_pair'])}/pair" if cell["status"] == "ok"
+                                    else f"{cell['status']} ({cell.get('reason', '')})")
+                            print(f"{device} {entry.label} {size_name} {mode}: {what}", file=sys.stderr, flush=True)
+                        _free(device)
+                del model
+                _free(device)
+    add_ratios(cells)
+    return cells
+
+
+def _measure(entry, model, dim, shape, device, mode, repeats, max_seconds, previous):
+    reason = cannot_run(model, shape)
+    if reason:
+        return {"status": "skipped", "reason": short_reason(reason)}
+    pixels = math.prod(shape)
+    if previous is not None and max_seconds:
+        predicted = previous[1] * pixels / previous[0]
+        if predicted > max_seconds:
+            return {"status": "skipped", "reason": f"≈{predicted:.0f} s per call extrapolated from "
+                    f"{previous[0]:,} pixels > --max_seconds {max_seconds:g}", "predicted_seconds": predicted}
+    if mode == "training" and device.type == "cpu" and previous is not None and previous[2]:
+        need = previous[2] * pixels / previous[0] + 4 * _param_bytes(model)
+        have = available_memory_bytes()
+        if have is not None and need > MEMORY_HEADROOM * have:
+            return {"status": "skipped", "reason": f"needs ≈{need / 2**30:.1f} GiB (extrapolated), "
+                    f"{have / 2**30:.1f} GiB available", "predicted_bytes": need}
+    try:
+        if mode == "inference":
+            model.eval()
+            timing = time_call(inference_fn(model, shape, device), device, repeats, max_seconds)
+            batch, saved = 1, None
+        else:
+            model.train()
+            step, batch, saved = training_fn(model, entry, dim, shape, device)
+            timing = time_call(step, device, repeats, max_seconds)
+    except Exception as exc:  # noqa: BLE001 - an out-of-memory cell is a result, anything else is not
+        if _is_oom(exc):
+            return {"status": "out of memory", "reason": short_reason(exc)}
+        raise
+    out = {"status": "ok", "seconds_per_call": timing["seconds"], "seconds_per_pair": timing["seconds"] / batch,
+           "pairs_per_s": batch / timing["seconds"], "times": timing["times"], "warmup_s": timing["warmup_s"],
+           "approx": timing["approx"]}
+    if saved is not None:
+        out["saved_bytes"] = saved.total
+    return out
+
+
+def add_ratios(cells):
+    """``ratio_to_vxm2``: time per pair / VoxelMorph vxm2's on the same device, size and mode."""
+    ref = {(c["device"], c["size"], c["mode"]): c["seconds_per_pair"] for c in cells
+           if c["status"] == "ok" and c["model_name"] == "voxelmorph" and c["model_config"] == {"preset": "vxm2"}}
+    for c in cells:
+        r = ref.get((c["device"], c["size"], c["mode"]))
+        c["ratio_to_vxm2"] = c["seconds_per_pair"] / r if c["status"] == "ok" and r else None
+
+
+def scaling_exponents(cells):
+    """{device: {label: {mode: slope}}}: least-squares slope of log(time per pair) on log(pixels)."""
+    out = {}
+    groups = {}
+    for c in cells:
+        if c["status"] == "ok":
+            groups.setdefault((c["device"], c["label"], c["mode"]), []).append((c["pixels"], c["seconds_per_pair"]))
+    for (device, label, mode), points in groups.items():
+        if len({p for p, _ in points}) < 2:
+            continue
+        xs = [math.log(p) for p, _ in points]
+        ys = [math.log(t) for _, t in points]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        out.setdefault(device, {}).setdefault(label, {})[mode] = slope
+    return out
+
+
+def _cell_text(c):
+    if c is None:
+        return ""
+    if c["status"] != "ok":
+        return f"{c['status']} ({c.get('reason', '')})" if c.get("reason") else c["status"]
+    approx = "≈" if c["approx"] else ""
+    ratio = f" · {c['ratio_to_vxm2']:.2f}×" if c.get("ratio_to_vxm2") else ""
+    if c["mode"] == "inference":
+        return f"{approx}{fmt_seconds(c['seconds_per_pair'])}{ratio}"
+    return f"{approx}{c['pairs_per_s']:.3g} pairs/s (b{c['batch']}){ratio}"
+
+
+def markdown(result):
+    info = result["machine"]
+    lines = ["# Speed", "", f"Machine: {machine_line(info)}.", ""]
+    lines.append(f"Command: `{result['command']}`")
+    lines.append("")
+    lines.append("Ratio (·): time per pair ÷ VoxelMorph vxm2's time per pair in the same run, same device "
+                 "and size (> 1: slower). ≈: timed by the warm-up call alone (an upper bound), the cell's "
+                 "budget (`--max_seconds`) allowing no more.")
+    cells = result["cells"]
+    sizes = list(dict.fromkeys(c["size"] for c in cells))
+    for device in dict.fromkeys(c["device"] for c in cells):
+        for mode in MODES:
+            sel = [c for c in cells if c["device"] == device and c["mode"] == mode]
+            if not sel:
+                continue
+            title = ("Inference, time per pair (batch 1, forward + warp)" if mode == "inference" else
+                     "Training throughput (forward, loss, backward, Adam; config batch size)")
+            lines += ["", f"## {title}, {device}", ""]
+            labels = list(dict.fromkeys(c["label"] for c in sel))
+            header = ["model", "parameters"] + [_size_header(sel, s) for s in sizes]
+            rows = []
+            for label in labels:
+                by_size = {c["size"]: c for c in sel if c["label"] == label}
+                params = sorted({c["n_params"] for c in by_size.values()})
+                rows.append([f"`{label}`", " / ".join(f"{p:,}" for p in params)]
+                            + [_cell_text(by_size.get(s)) for s in sizes])
+            lines.append(markdown_table(header, rows))
+    slopes = result.get("scaling_exponents", {})
+    if slopes:
+        lines += ["", "## Cost growth: exponent of time per pair against pixel count (log-log slope)", ""]
+        rows = [[device, f"`{label}`", *(f"{m.get(mode):.2f}" if m.get(mode) is not None else "–" for mode in MODES)]
+                for device, per in slopes.items() for label, m in per.items()]
+        lines.append(markdown_table(["device", "model", "inference", "training"], rows))
+        lines += ["", "![time per pair against pixels](speed_scaling.png)"]
+    return "\n".join(lines)
+
+
+def _size_header(cells, size):
+    shape = shape_text(next(c["shape"] for c in cells if c["size"] == size))
+    return size if size == shape else f"{size} ({shape})"
+
+
+def plot(result, path):
+    """Log-log time per pair against pixels: one line per model, a panel per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = [c for c in result["cells"] if c["status"] == "ok"]
+    if not cells:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    devices = list(dict.fromkeys(c["device"] for c in cells))
+    labels = list(dict.fromkeys(c["label"] for c in cells))
+    colours = plt.get_cmap("tab20")
+    for ax, mode in zip(axes, MODES):
+        for i, label in enumerate(labels):
+            for j, device in enumerate(devices):
+                pts = sorted((c["pixels"], c["seconds_per_pair"]) for c in cells
+                             if c["label"] == label and c["mode"] == mode and c["device"] == device)
+                if not pts:
+                    continue
+                ax.plot(*zip(*pts), marker="o", linestyle=["-", "--", ":"][j % 3], color=colours(i % 20),
+                        label=label + (f" ({device})" if len(devices) > 1 else ""))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("pixels / voxels per image")
+        ax.set_ylabel("seconds per pair")
+        ax.set_title("inference (batch 1, forward + warp)" if mode == "inference" else
+                     "training step per pair (config batch)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=7, loc="upper left", ncol=1)
+    fig.suptitle("Time per pair against image size\n" + machine_line(result["machine"]), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--gpu_num", type=int, nargs="+", default=[-1, 0],
+                   help="devices: -1 is the CPU, K is cuda:K (skipped when absent); default the CPU and cuda:0")
+    p.add_argument("--models", nargs="+", help="model names (all presets) or name/preset; default every model")
+    p.add_argument("--configs", nargs="+", default=[], metavar="LABEL=PATH",
+                   help="extra entries from config files (model, model_config, batch size, loss)")
+    p.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES),
+                   help=f"named sizes ({', '.join(NAMED_SIZES)}) or HxW / DxHxW")
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per cell after one warm-up (median)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; stated in the output)")
+    p.add_argument("--max_seconds", type=float, default=60.0,
+                   help="budget per cell; also skips a cell whose extrapolated time per call exceeds it")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="output folder")
+    p.add_argument("--no_plot", action="store_true")
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    set_threads(args.threads)
+    devices = _devices(args.gpu_num)
+    sizes = [parse_size(s) for s in args.sizes]
+    entries = parse_models(args.models, args.configs)
+    info = machine_info(devices[-1])
+    if any(d.type == "cpu" for d in devices):
+        info["cpu_device_measured"] = True
+    cells = bench(entries, sizes, devices, args.repeats, args.max_seconds, args.modes)
+    finish_machine_info(info)
+    result = {"benchmark": "speed", "machine": info,
+              "command": "python benchmarks/bench_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "settings": {"repeats": args.repeats, "max_seconds": args.max_seconds, "threads": torch.get_num_threads(),
+                           "sizes": {n: list(s) for n, s in sizes}, "devices": [str(d) for d in devices],
+                           "reference": "voxelmorph/vxm2"},
+              "cells": cells, "scaling_exponents": scaling_exponents(cells)}
+    out = Path(args.out)
+    json_path, md_path = write_outputs(out, "speed", result, markdown(result))
+    if not args.no_plot:
+        plot(result, out / "speed_scaling.png")
+    print(md_path.read_text())
+    print(f"wrote {json_path}, {md_path}" + ("" if args.no_plot else f", {out / 'speed_scaling.png'}"),
+          file=sys.stderr)
+    return result
+
+
+if __name__ == "__main__":
+    main()

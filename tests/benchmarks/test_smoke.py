@@ -1,0 +1,146 @@
+"""Smoke versions of the benchmarks: tiny sizes, one repeat, a two-step resolution study.
+
+They check that each benchmark runs end to end and writes its JSON, markdown (and plot), not any
+figure: benchmarks are scripts that report numbers, not timed tests. The settings are
+``benchmarks/run_all.py --quick``'s.
+"""
+
+import json
+import math
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from benchmarks import bench_memory, bench_resolution, bench_speed, common
+from benchmarks.run_all import quick_args
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    """The smoke runs use one thread (fast and steady on a loaded machine); the suite gets its own back."""
+    threads = common.torch.get_num_threads()
+    yield
+    common.torch.set_num_threads(threads)
+
+
+def test_speed_smoke(tmp_path):
+    result = bench_speed.main(quick_args("speed", [-1], tmp_path, 1))
+    data = json.loads((tmp_path / "speed.json").read_text())
+    assert data["machine"]["cpu"] and data["machine"]["torch_threads"] >= 1
+    cells = {(c["label"], c["size"], c["mode"]): c for c in data["cells"]}
+    ref = cells[("voxelmorph/vxm2", "16x32", "inference")]
+    assert ref["status"] == "ok" and ref["ratio_to_vxm2"] == pytest.approx(1.0)
+    train = cells[("fouriernet/c16", "16x16x16", "training")]
+    assert train["status"] == "ok" and train["batch"] == 1 and train["saved_bytes"] > 0  # 3D config: batch 1
+    assert cells[("fouriernet/c16", "16x32", "training")]["batch"] == 8
+    assert all(c["ratio_to_vxm2"] > 0 for c in data["cells"] if c["status"] == "ok")
+    md = (tmp_path / "speed.md").read_text()
+    assert "Inference" in md and "Training" in md and data["machine"]["cpu"] in md
+    assert (tmp_path / "speed_scaling.png").stat().st_size > 0
+    assert result["scaling_exponents"]["cpu"]["voxelmorph/vxm2"]["inference"] is not None
+
+
+def test_speed_skips_what_cannot_run():
+    entries = common.parse_models(["transmorph/base"], add_reference=False)
+    cells = bench_speed.bench(entries, [("16x16", (16, 16))], [bench_speed.torch.device("cpu")], 1, 5,
+                              modes=("inference",), progress=False)
+    assert cells[0]["status"] == "skipped" and "multiple of 32" in cells[0]["reason"]
+    # A cell whose time extrapolated from a smaller size exceeds the budget is skipped, not run.
+    skipped = bench_speed._measure(None, None, 2, (160, 192), bench_speed.torch.device("cpu"), "inference", 1, 1.0,
+                                   (16 * 16, 0.5, None))
+    assert skipped["status"] == "skipped" and "--max_seconds" in skipped["reason"]
+
+
+def test_published_configs_give_batch_sizes():
+    entries = {e.label: e for e in common.parse_models(["fnoreg", "voxelmorph/vxm2"])}
+    assert entries["fnoreg/small"].batch_size(2) == 8 and entries["fnoreg/3d"].batch_size(3) == 1
+    assert entries["fnoreg/3d"].loss_settings(3)["seg_param"] == 0.01
+    assert entries["fnoreg/small"].dims == (2,) and entries["voxelmorph/vxm2"].dims == (2, 3)
+    assert common.parse_size("3d_full") == ("3d_full", (160, 192, 224))
+
+
+def test_memory_smoke(tmp_path):
+    bench_memory.main(quick_args("memory", [-1], tmp_path, 1))
+    data = json.loads((tmp_path / "memory.json").read_text())
+    (cell,) = data["cells"]
+    assert cell["status"] == "ok", cell
+    assert cell["peak_bytes"] >= cell["before_bytes"] > 0 and cell["step_bytes"] >= 0
+    assert "Peak memory" in (tmp_path / "memory.md").read_text()
+
+
+def test_memory_reports_a_failed_child():
+    spec = {"device": "cpu", "label": "x", "model_name": "voxelmorph", "model_config": {"preset": "vxm2"}, "dim": 3,
+            "shape": [64, 64, 64], "mode": "training", "train_config": {}, "threads": 1,
+            "mem_limit_bytes": 2**28}  # 256 MiB of address space: torch cannot even load
+    cell = bench_memory.run_cell(spec, timeout=120)
+    assert cell["status"] in ("out of memory", "error")
+
+
+class FakeAnts(types.ModuleType):
+    """Enough of antspyx for the ANTs path: the identity registration."""
+
+    __version__ = "fake"
+
+    class Image:
+        def __init__(self, array):
+            self.array = np.asarray(array)
+
+        def numpy(self):
+            return self.array
+
+    def from_numpy(self, array, spacing=None):
+        return self.Image(array)
+
+    def registration(self, fixed, moving, type_of_transform):
+        return {"fwdtransforms": ["identity"], "invtransforms": ["identity"]}
+
+    def create_jacobian_determinant_image(self, domain, tx):
+        return self.Image(np.ones_like(domain.array))
+
+    def apply_transforms(self, fixed, moving, transformlist, interpolator):
+        return self.Image(moving.array)
+
+
+def test_resolution_smoke(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ants", FakeAnts("ants"))
+    result = bench_resolution.main(quick_args("resolution", [-1], tmp_path, 1))
+    data = json.loads((tmp_path / "resolution.json").read_text())
+    assert set(data["models"]) == {"tiny-fnoreg"}
+    for model in data["models"].values():
+        for train_size in ("16", "32"):
+            run = model["runs"][train_size]
+            assert "error" not in run, run
+            assert run["config"]["train_config"]["steps_per_epoch"] == 2
+            for test_size in ("16", "32"):
+                s = run["eval"][test_size]
+                assert 0 <= s["dice_mean"] <= 1 and s["folding_percent_mean"] >= 0 and "hd95_mean" in s
+        assert math.isfinite(model["dice_drop"])
+    # The identity "registration" leaves the Dice where it was before registration.
+    ants = data["ants"]["SyN"]["32"]
+    assert ants["dice_mean"] == pytest.approx(ants["initial_dice_mean"]) and ants["folding_percent_mean"] == 0
+    md = (tmp_path / "resolution.md").read_text()
+    assert "Dice drop" in md and "ANTs `SyN`" in md and "tiny-fnoreg" in md
+    assert result["budget"]["batch_size"] == 2
+
+
+def test_resolution_summaries_found_whatever_the_folder_name(tmp_path):
+    for name, size, split in (("final_80_oasis-abc123", 80, "test"), ("final_160", 160, "test"),
+                              ("final_160_val", 160, "val")):
+        folder = tmp_path / "eval" / name
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps({"eval_size": size, "split": split, "checkpoint": "final",
+                                                          "dice_mean": 0.5 if split == "test" else 0.1}))
+    found = bench_resolution.find_summaries(tmp_path, (80, 160))
+    assert set(found) == {80, 160} and found[160]["dice_mean"] == 0.5
+
+
+def test_resolution_variants_keep_the_benchmark_budget():
+    runs = dict(bench_resolution.model_runs(
+        ["fnoreg/small"], variants=['bl:{"model_name": "fnoreg", "model_config": {"preset": "small", "band_limit": '
+                                    'true}, "train_config": {"batch_size": 99, "reg_param": 0.05}}']))
+    config = bench_resolution.run_config("bl", runs["bl"], 80, bench_resolution.BUDGETS["cpu"], {}, 0)
+    assert config["train_config"]["batch_size"] == 8 and config["train_config"]["reg_param"] == 0.05
+    assert config["model_config"]["band_limit"] is True and config["train_config"]["size"] == 80
+    assert runs["fnoreg/small"]["model_config"] == {"preset": "small"}
