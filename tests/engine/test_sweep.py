@@ -146,7 +146,7 @@ def test_print_commands_creates_a_sweep_and_trains_nothing(swept, monkeypatch, c
     assert sweep_main(argv) == 0
     out = capsys.readouterr().out
     commands = [line for line in out.splitlines() if line.startswith("python sweep.py")]
-    assert commands == [f"python sweep.py --dim 2 --sweep 2 --only_point {k} --gpu_num -1" for k in (0, 1)]
+    assert commands == [f"python sweep.py --dim 2 --sweep 2 --only_point {k} --gpu_num -1 --n_panels 0" for k in (0, 1)]
     assert "--array=0,1" in out and xp.list_experiments(2) == [1, 2]
     shutil.rmtree(sweep_dir(2, 2))
 
