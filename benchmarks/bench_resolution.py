@@ -68,7 +68,7 @@ CONFIG_FILES = {"fnoreg/small": "fnoreg_2d_small.json", "fno/small": "fno_2d_sma
 # The budgets. "cpu": about 30 minutes on a 2-core CPU with phantoms for the 8 runs and their
 # evaluations (measured per-step costs in benchmarks/README.md); "full": the published 2D protocol.
 BUDGETS = {
-    "cpu": {"batch_size": 8, "epochs": 5, "steps_per_epoch": 50, "lr": 1e-3},
+    "cpu": {"batch_size": 8, "epochs": 6, "steps_per_epoch": 50, "lr": 1e-3},
     "full": {"batch_size": 8, "epochs": 80, "steps_per_epoch": None, "lr": 1e-4},
 }
 BUDGET_KEYS = ("batch_size", "epochs", "steps_per_epoch", "lr", "seed", "size", "ckpt_freq", "val_freq",
@@ -177,12 +177,20 @@ def _quiet():
     return contextlib.redirect_stdout(open(os.devnull, "w"))
 
 
+def _child_env(root):
+    env = dict(os.environ, FNOREG_EXPERIMENTS_DIR=str(root))
+    threads = os.environ.get("FNOREG_BENCH_THREADS")
+    if threads:
+        env["OMP_NUM_THREADS"] = threads
+    return env
+
+
 def train_run(config_path, root, gpu_num, isolate, verbose=False):
     """Train one run into the experiments root ``root``; returns (exit status, wall seconds)."""
     started = time.perf_counter()
     argv = ["--config_file", str(config_path), "--gpu_num", str(gpu_num)]
     if isolate:
-        env = dict(os.environ, FNOREG_EXPERIMENTS_DIR=str(root))
+        env = _child_env(root)
         proc = subprocess.run([sys.executable, str(REPO / "train_2d.py"), *argv], cwd=str(REPO), env=env,
                               capture_output=not verbose, text=True)
         if proc.returncode and not verbose:
@@ -199,7 +207,7 @@ def evaluate_run(root, sizes, gpu_num, isolate, verbose=False):
     """Evaluate experiment 1 of ``root`` at ``sizes``; returns {size: summary} read from summary.json."""
     exp = root / "2d" / "exp1"
     if isolate:
-        env = dict(os.environ, FNOREG_EXPERIMENTS_DIR=str(root))
+        env = _child_env(root)
         cmd = [sys.executable, str(REPO / "evaluate_2d.py"), "--exp_num", "1", "--gpu_num", str(gpu_num),
                "--size", *map(str, sizes), "--n_panels", "0"]
         proc = subprocess.run(cmd, cwd=str(REPO), env=env, capture_output=not verbose, text=True)
@@ -339,7 +347,7 @@ def markdown(result):
     rows = []
     before = result.get("before", {})
     if before:
-        rows.append(["before registration"] + [fmt(before.get(str(b))) if a == low else "" for a, b in combos] + [""])
+        rows.append(["before registration (per test size)"] + [fmt(before.get(str(b))) if a == low else "" for a, b in combos] + [""])
     for label, model in result["models"].items():
         runs = {int(k): v for k, v in model["runs"].items()}
         cells = []
@@ -426,6 +434,7 @@ def main(argv=None):
     set_threads(args.threads)
     if args.threads:
         os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(args.threads))
+        os.environ["FNOREG_BENCH_THREADS"] = str(args.threads)
     low, high = sorted(args.sizes)
     budget = dict(BUDGETS["full" if args.full else "cpu"])
     for key, value in (("steps_per_epoch", args.steps), ("epochs", args.epochs), ("batch_size", args.batch_size),

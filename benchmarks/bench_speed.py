@@ -348,7 +348,7 @@ def plot(result, path):
                              if c["label"] == label and c["mode"] == mode and c["device"] == device)
                 if not pts:
                     continue
-                ax.plot(*zip(*pts), marker="o", linestyle=["-", "--", ":"][j % 3], color=colours(i % 20),
+                ax.plot(*zip(*pts), marker="osD^v<>p"[i % 8], linestyle=["-", "--", ":"][j % 3], color=colours(i % 20),
                         label=label + (f" ({device})" if len(devices) > 1 else ""))
         ax.set_xscale("log")
         ax.set_yscale("log")

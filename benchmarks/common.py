@@ -103,7 +103,7 @@ def finish_machine_info(info):
 def machine_line(info):
     """One line for a markdown file or a plot title."""
     where = info.get("gpu") or info["cpu"]
-    text = f"{where}; device {info['device']}, {info['torch_threads']} torch threads, torch {info['torch']}"
+    text = f"{where}; device {info['device']}, torch threads {info['torch_threads']}, torch {info['torch']}"
     if "loadavg_start" in info:
         text += f"; load average {info['loadavg_start'][0]:.2f} at start"
         if "loadavg_end" in info:
