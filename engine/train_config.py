@@ -9,6 +9,7 @@ published) or ``{"type": "step" | "cosine" | "exponential", ...}`` with the keys
 
 import torch
 
+from engine.multires import validate_multires
 from utils.errors import ConfigError
 from utils.schema import validate_section
 
@@ -20,6 +21,7 @@ TRAIN_SCHEMA = {
     "steps_per_epoch": ((int, None), None),  # null: one pass over all training pairs
     "reg_param": ((int, float), 0.01),
     "seg_param": ((int, float), 0.0),
+    "jac_param": ((int, float), 0.0),  # folding penalty (losses.regularization.folding_penalty)
     "similarity": (str, "mse"),
     "ncc_window": (int, 9),
     "ckpt_freq": (int, 10),
@@ -30,6 +32,7 @@ TRAIN_SCHEMA = {
     "lr_schedule": ((dict, None), None),
     "grad_clip": ((int, float, None), None),
     "val_batch_size": ((int, None), None),  # null: batch_size
+    "multires": ((dict, None), None),  # {"min_size": a, "max_size": b}: engine.multires
 }
 SCHEDULE_SCHEMA = {
     "step": {"step_size": (int, None), "gamma": ((int, float), 0.1)},
@@ -65,11 +68,15 @@ def validate_train_config(given):
             raise ConfigError(f"train_config.{key} must be at least 1 or null, got {cfg[key]}")
     if cfg["lr"] <= 0:
         raise ConfigError(f"train_config.lr must be positive, got {cfg['lr']}")
-    for key in ("reg_param", "seg_param"):
+    for key in ("reg_param", "seg_param", "jac_param"):
         if cfg[key] < 0:
             raise ConfigError(f"train_config.{key} must be non-negative, got {cfg[key]}")
     if cfg["similarity"] not in ("mse", "ncc"):
         raise ConfigError(f"train_config.similarity must be 'mse' or 'ncc', got {cfg['similarity']!r}")
+    cfg["multires"] = validate_multires(cfg["multires"])
+    if cfg["multires"] is not None and cfg["size"] is not None and cfg["size"] != cfg["multires"]["max_size"]:
+        raise ConfigError(f"train_config.size ({cfg['size']}) and multires.max_size ({cfg['multires']['max_size']}) "
+                          "disagree; with multires the split is held at max_size: set size to null or to max_size")
     schedule = cfg["lr_schedule"]
     if schedule is not None:
         kind = schedule.get("type")

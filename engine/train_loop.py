@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from engine import experiment as xp
 from engine.checkpoint import list_checkpoint_epochs, save_checkpoint, save_weights
+from engine.multires import multires_batch
 from engine.metrics import folding_percent, mean_dice
 from engine.plotting import TRAIN_COLUMNS, plot_history, registration_panel
 from losses import one_hot
@@ -116,7 +117,8 @@ class TrainingLoop:
             for step in range(first_step, len(order)):
                 if any_rank(self.stop.signum is not None, self.dist):
                     return step, self._host(device_sums), True
-                batch = self.train.batch(order[step][rank::world])
+                batch = multires_batch(self.train.batch(order[step][rank::world]), tc["multires"], tc["seed"], epoch,
+                                       step)
                 total, terms, _, _ = self._loss(self.net, batch)
                 self.optimizer.zero_grad(set_to_none=True)
                 total.backward()

@@ -68,7 +68,8 @@ class Trainer(TrainingLoop):
         # Validate the data before any folder is created, so a bad path leaves nothing behind.
         splits = load_splits(self.config["data_config"], dim, ("train", "val"))
         full_shape = tuple(splits["train"].images.shape[2:])
-        self.train_shape = shape_for_size(tc["size"], full_shape) if tc["size"] is not None else full_shape
+        size = tc["multires"]["max_size"] if tc["multires"] else tc["size"]  # multires: held at max_size
+        self.train_shape = shape_for_size(size, full_shape) if size is not None else full_shape
         if self.resume_state is not None and tuple(self.resume_state["train_size"]) != self.train_shape:
             raise UserError(f"checkpoint was trained at {tuple(self.resume_state['train_size'])} but --size gives "
                             f"{self.train_shape}; resume without --size or restart the experiment")
@@ -76,7 +77,8 @@ class Trainer(TrainingLoop):
         self.train = DeviceSplit(splits["train"], self.train_shape, self.device, antialias)
         self.val = DeviceSplit(splits["val"], self.train_shape, self.device, antialias) if len(splits["val"].pairs) \
             else None
-        self.loss_fn = RegistrationLoss(tc["similarity"], tc["reg_param"], tc["seg_param"], tc["ncc_window"])
+        self.loss_fn = RegistrationLoss(tc["similarity"], tc["reg_param"], tc["seg_param"], tc["ncc_window"],
+                                        tc["jac_param"])
         if self.loss_fn.uses_labels and (self.train.labels is None or not bool(self.train.has_labels.all())):
             raise ConfigError("train_config.seg_param > 0 needs a label map for every training subject; "
                               "set seg_param to 0 or use a label scheme the data has")
@@ -126,6 +128,9 @@ class Trainer(TrainingLoop):
             if args.ckpt_epoch is not None:
                 self.resume_state = load_checkpoint(self.folder, args.ckpt_epoch)
         if args.size is not None:
+            if self.config["train_config"]["multires"]:
+                raise UserError("--size does not apply to a config with train_config.multires (its min_size..max_size "
+                                "range sets the training sizes); drop --size or set multires to null")
             self.config["train_config"]["size"] = args.size
 
     def _prepare_folder(self):

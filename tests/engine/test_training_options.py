@@ -1,0 +1,56 @@
+"""Training options of issue 11: multi-resolution batches and the folding penalty, end to end."""
+
+import json
+
+import pytest
+import torch
+
+from engine.train_loop import TrainingLoop
+from tests.engine.test_training import exp_root, train, weights, write_config  # noqa: F401  (fixture)
+
+
+def test_multires_training_records_its_largest_shape_and_resumes_exactly(tmp_path, exp_root, monkeypatch):
+    shapes = []
+    original = TrainingLoop._loss
+
+    def spy(self, net, batch, loss_fn=None):
+        if net.training:
+            shapes.append(tuple(batch.moving.shape[2:]))
+        return original(self, net, batch, loss_fn)
+
+    monkeypatch.setattr(TrainingLoop, "_loss", spy)
+    config = write_config(tmp_path, train_config={"multires": {"min_size": 12, "max_size": 32}},
+                          model_config={"band_limit": True})
+    assert train("--config_file", config) == 0
+    folder = exp_root / "2d" / "exp1"
+    assert len(set(shapes)) > 2 and all(12 <= s[0] <= 32 for s in shapes)
+    state = weights(folder)
+    assert state["trained_shape"].tolist() == [max(s[0] for s in shapes), max(s[1] for s in shapes)]
+    # Resume from epoch 2: the same sizes are drawn, so the weights are bit-identical.
+    shapes.clear()
+    assert train("--exp_num", "1", "--ckpt_epoch", "2") == 0
+    resumed = weights(folder)
+    for key in state:
+        assert torch.equal(state[key], resumed[key]), key
+
+
+def test_multires_refuses_size_flag(tmp_path, exp_root, capsys):
+    config = write_config(tmp_path, train_config={"multires": {"min_size": 12, "max_size": 32}})
+    with pytest.raises(SystemExit) as exc:
+        train("--config_file", config, "--size", "16")
+    assert exc.value.code == 2 and "multires" in capsys.readouterr().err
+
+
+def test_jac_param_logs_the_folding_term(tmp_path, exp_root):
+    config = write_config(tmp_path, train_config={"jac_param": 0.5, "epochs": 2})
+    assert train("--config_file", config) == 0
+    history = json.loads((exp_root / "2d" / "exp1" / "history.json").read_text())
+    assert "train_folding" in history and all(v >= 0 for v in history["train_folding"])
+
+
+@pytest.mark.parametrize("value", [-1, "a"])
+def test_bad_jac_param(tmp_path, exp_root, capsys, value):
+    config = write_config(tmp_path, train_config={"jac_param": value})
+    with pytest.raises(SystemExit) as exc:
+        train("--config_file", config)
+    assert exc.value.code == 2 and "jac_param" in capsys.readouterr().err
