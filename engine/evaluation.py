@@ -67,7 +67,9 @@ from engine.checkpoint import load_model
 from engine.config import load_config, resolve_config
 from engine.plotting import dice_boxplot, registration_panel, save_figure
 from engine.reports import format_table, summarize, write_per_label_csv, write_per_pair_csv
+from engine.refine import DEFAULT_REFINE_LR, refine_field, refine_loss
 from engine.scoring import register_split
+from losses import RegistrationLoss
 from models import count_parameters, to_pixel_units
 from utils.cli import evaluate_parser
 from utils.device import select_device
@@ -87,6 +89,12 @@ def evaluation_parser(dim):
     parser.add_argument("--score_on", choices=SCORE_ON, default="native",
                         help="label maps Dice and HD95 score: native (default; the field is resampled to the "
                         "native grid) or eval (subsampled to the evaluation grid, as published)")
+    parser.add_argument("--refine", type=int, default=0, metavar="K",
+                        help="refine each pair's field with K Adam steps on its own similarity, smoothness and "
+                        "folding penalty (engine/refine.py); reports the network's field and the refined one "
+                        "(default 0: off)")
+    parser.add_argument("--refine_lr", type=float, default=DEFAULT_REFINE_LR,
+                        help=f"refinement step in pixels (default {DEFAULT_REFINE_LR})")
     return parser
 
 
@@ -110,8 +118,8 @@ def evaluation_shapes(sizes, full_shape):
     return out
 
 
-def output_folder(exp_folder, checkpoint, size, split="test", data_tag=None, score_on="native"):
-    """``exp_folder/eval/<checkpoint>_<size>[_<data_tag>][_evalgrid][_val]``.
+def output_folder(exp_folder, checkpoint, size, split="test", data_tag=None, score_on="native", refine=0):
+    """``exp_folder/eval/<checkpoint>_<size>[_<data_tag>][_evalgrid][_refine<K>][_val]``.
 
     Parameters
     ----------
@@ -127,12 +135,16 @@ def output_folder(exp_folder, checkpoint, size, split="test", data_tag=None, sco
         Names data other than the experiment's own (:func:`data_tag`); None for its own data.
     score_on : {"native", "eval"}
         ``_evalgrid`` is appended for ``eval`` (label maps subsampled to the evaluation grid).
+    refine : int
+        ``_refine<K>`` is appended for ``K`` refinement steps.
     """
     name = f"{checkpoint}_{size}"
     if data_tag:
         name += f"_{data_tag}"
     if score_on == "eval":
         name += "_evalgrid"
+    if refine:
+        name += f"_refine{refine}"
     if split != "test":
         name += f"_{split}"
     return Path(exp_folder) / "eval" / name
@@ -169,7 +181,7 @@ def _panel_title(split, index, scores):
 
 
 def evaluate_at(model, split, size, shape, out_dir, context, batch_size, n_panels=N_PANELS, progress=True,
-                antialias=False, score_on="native"):
+                antialias=False, score_on="native", refine=None):
     """Evaluate ``model`` on ``split`` at ``shape`` and write every output to ``out_dir``.
 
     Parameters
@@ -198,6 +210,10 @@ def evaluate_at(model, split, size, shape, out_dir, context, batch_size, n_panel
         Score Dice and HD95 on the native label maps (the field resampled to the native grid) or
         on label maps subsampled to ``shape`` (published). Folding and SDlogJ are always those of
         the field on ``shape``, the one the model produced.
+    refine : callable, optional
+        Per-pair refinement ``refine(moving, fixed, flow) -> flow`` (see
+        :func:`engine.scoring.register_split`); ``summary.json`` then also holds the network's own
+        scores under ``network``.
 
     Returns
     -------
@@ -226,7 +242,7 @@ def evaluate_at(model, split, size, shape, out_dir, context, batch_size, n_panel
         save_figure(fig, out_dir / f"panel_pair{index}.png")
 
     metrics = register_split(model, data, split.label_ids, batch_size, spacing, panel_pairs(len(data), n_panels),
-                             draw, progress, desc=f"{context['checkpoint']} {'x'.join(map(str, shape))}")
+                             draw, progress, desc=f"{context['checkpoint']} {'x'.join(map(str, shape))}", refine=refine)
     del data  # free the resized split (device memory) before the next size
     if metrics.labelled.any():
         title = (f"{context['split']} split, {int(metrics.labelled.sum())} pairs, {context['checkpoint']} at "
@@ -268,7 +284,8 @@ def _data_from(config_file, config, dim, exp_num, progress):
 
 
 def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test", gpu_num=0, batch_size=None,
-                        n_panels=N_PANELS, progress=True, score_on="native", config_file=None):
+                        n_panels=N_PANELS, progress=True, score_on="native", config_file=None, refine=0,
+                        refine_lr=DEFAULT_REFINE_LR):
     """Evaluate experiment ``exp_num`` at each requested size; the API behind ``evaluate_<dim>d.py``.
 
     Parameters
@@ -297,6 +314,11 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
         A config whose ``data_config`` replaces the stored one for this evaluation only (other
         data, or the same data at another path); the outputs then go to folders tagged with
         :func:`data_tag`, never to those of the experiment's own data.
+    refine : int
+        Per-pair refinement steps (:mod:`engine.refine`; 0: off), with the experiment's own loss
+        weights and a folding penalty; outputs go to ``_refine<K>`` folders.
+    refine_lr : float
+        Refinement Adam step, in pixels.
 
     Returns
     -------
@@ -319,6 +341,8 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
                           f"{where}); set an index range there or evaluate another --split")
     if batch_size is not None and batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {batch_size}")
+    if refine < 0 or not refine_lr > 0:
+        raise UserError(f"--refine must be >= 0 and --refine_lr positive, got {refine} and {refine_lr}")
     tc = config["train_config"]
     batch_size = batch_size or tc["val_batch_size"] or tc["batch_size"]
     device = select_device(gpu_num)
@@ -332,12 +356,24 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
                "dataset": data_config["dataset"], "data_root": data_config["root"],
                "label_scheme": data_config["label_scheme"], "data_tag": tag, "config_file": config_path,
                "data_config": data_config,
-               "device": str(device), "versions": xp.software_versions(), "git_commit": xp.git_commit()}
+               "device": str(device), "versions": xp.software_versions(), "git_commit": xp.git_commit(),
+               "refine_steps": refine, "refine_lr": refine_lr if refine else None}
+    refiner = None
+    if refine:
+        loss = refine_loss(RegistrationLoss(tc["similarity"], tc["reg_param"], 0.0, tc["ncc_window"], tc["jac_param"]))
+        context["refine_loss"] = {k: getattr(loss, k) for k in ("similarity", "reg_param", "jac_param", "ncc_window")}
+
+        def refiner(moving, fixed, flow):
+            return refine_field(moving, fixed, flow, refine, loss, refine_lr)
+    shapes = evaluation_shapes(sizes, data.shape)
+    if hasattr(model, "check_input_shape"):  # every size is checked before any output is written
+        for _, shape in shapes:
+            model.check_input_shape(shape)
     summaries = []
-    for size, shape in evaluation_shapes(sizes, data.shape):
-        out_dir = output_folder(folder, info["checkpoint"], size, split, tag, score_on)
+    for size, shape in shapes:
+        out_dir = output_folder(folder, info["checkpoint"], size, split, tag, score_on, refine)
         summaries.append(evaluate_at(model, data, size, shape, out_dir, context, batch_size, n_panels, progress,
-                                     data_config["antialias"], score_on))
+                                     data_config["antialias"], score_on, refiner))
         if progress:
             print(f"wrote {out_dir}", file=sys.stderr)
     return summaries
@@ -348,7 +384,7 @@ def evaluate_main(dim, argv=None):
     args = evaluation_parser(dim).parse_args(argv)
     summaries = evaluate_experiment(dim, args.exp_num, args.ckpt_epoch, args.size, args.split, args.gpu_num,
                                     args.batch_size, args.n_panels, score_on=args.score_on,
-                                    config_file=args.config_file)
+                                    config_file=args.config_file, refine=args.refine, refine_lr=args.refine_lr)
     s = summaries[0]
     trained = "x".join(map(str, s["train_size"])) if s["train_size"] else "?"
     print(f"experiment {s['exp_num']} ({dim}D {s['model_name']}, {s['n_params']:,} parameters), checkpoint "

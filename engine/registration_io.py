@@ -40,6 +40,7 @@ shape)
 
 import argparse
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,12 +54,14 @@ from engine import experiment as xp
 from engine.checkpoint import load_model
 from engine.metrics import folding_percent, jacobian_determinant, mean_dice, sdlogj
 from engine.plotting import registration_panel, save_figure
+from engine.refine import DEFAULT_REFINE_LR, refine_field, refine_loss
 from engine.scoring import timed_registration
+from losses import RegistrationLoss
 from models import to_pixel_units, warp
 from models.spectral import weight_cache
 from utils.device import select_device
 from utils.errors import DataError, ShapeError, UserError
-from utils.fileio import write_json
+from utils.fileio import read_json, write_json
 
 OUTPUTS = {"warped": "warped.nii.gz", "displacement": "displacement.nii.gz", "jacobian": "jacobian.nii.gz",
            "warped_seg": "warped_seg.nii.gz", "summary": "registration.json", "panel": "registration.png"}
@@ -186,7 +189,7 @@ def _check_aspect(shape, train_size, path):
 
 
 def register_files(exp_num, dim, moving, fixed, out, moving_seg=None, fixed_seg=None, ckpt_epoch=None, gpu_num=0,
-                   rescale=False):
+                   rescale=False, refine=0, refine_lr=DEFAULT_REFINE_LR):
     """Register ``moving`` onto ``fixed`` with experiment ``exp_num`` and write the outputs to ``out``.
 
     Parameters
@@ -207,6 +210,12 @@ def register_files(exp_num, dim, moving, fixed, out, moving_seg=None, fixed_seg=
         ``cuda:<gpu_num>``; -1 for the CPU.
     rescale : bool
         Min-max rescale both images to [0, 1] for the network.
+    refine : int
+        Per-pair refinement steps (:mod:`engine.refine`, 0: off) on the experiment's own loss
+        weights plus a folding penalty; the summary then also holds the network's own scores
+        under ``network``.
+    refine_lr : float
+        Refinement Adam step, in pixels.
 
     Returns
     -------
@@ -221,6 +230,8 @@ def register_files(exp_num, dim, moving, fixed, out, moving_seg=None, fixed_seg=
         if seg is not None and seg.array.shape != image.array.shape:
             raise ShapeError(f"{name}_seg {seg.path} has shape {seg.file_shape} but {name} {image.path} has "
                              f"{image.file_shape}; a label map must match its image voxel for voxel")
+    if refine < 0 or not refine_lr > 0:
+        raise UserError(f"--refine must be >= 0 and --refine_lr positive, got {refine} and {refine_lr}")
     folder = xp.experiment_dir(dim, exp_num)
     device = select_device(gpu_num)
     model, info = load_model(folder, ckpt_epoch, device)
@@ -246,6 +257,13 @@ def register_files(exp_num, dim, moving, fixed, out, moving_seg=None, fixed_seg=
     # The weight cache is freed when the block ends (models.spectral.weight_cache).
     with torch.inference_mode(), weight_cache(model):
         flow, _, seconds = timed_registration(model, net_moving, net_fixed, device)
+        network = None
+        if refine:
+            network = {"folding_percent": float(folding_percent(flow)[0]), "seconds_forward_warp": seconds}
+            started = time.perf_counter()
+            network_flow = flow
+            flow = refine_field(net_moving, net_fixed, flow, refine, _refine_loss(folder), refine_lr)
+            seconds_refine = time.perf_counter() - started
         warped = warp(moving_t, flow)  # the moving image's own intensities, even with --rescale
         jac = jacobian_determinant(flow)
         flow_px = to_pixel_units(flow)
@@ -260,6 +278,8 @@ def register_files(exp_num, dim, moving, fixed, out, moving_seg=None, fixed_seg=
                 if ids:
                     dice = {"initial_dice": float(mean_dice(labels, fixed_labels, ids)[0]),
                             "dice": float(mean_dice(warped_seg, fixed_labels, ids)[0]), "n_labels": len(ids)}
+                    if network is not None:
+                        network["dice"] = float(mean_dice(warp(labels, network_flow), fixed_labels, ids)[0])
         folding = float(folding_percent(jacobian=jac)[0])
         sd = float(sdlogj(jacobian=jac)[0])
 
@@ -293,9 +313,19 @@ def register_files(exp_num, dim, moving, fixed, out, moving_seg=None, fixed_seg=
                                           "NIfTI vector layout (X, Y, Z, 1, d), component i along array axis i"}
     if dice is not None:
         summary.update(dice)
+    if network is not None:
+        summary.update(refine_steps=refine, refine_lr=refine_lr, seconds_refine=seconds_refine, network=network)
     paths["summary"] = str(out / OUTPUTS["summary"])
     write_json(paths["summary"], {**summary, "outputs": paths})
     return {**summary, "outputs": paths}
+
+
+def _refine_loss(folder):
+    """The refinement objective from experiment ``folder``'s stored training loss."""
+    tc = read_json(Path(folder) / "config.json").get("train_config", {})
+    loss = RegistrationLoss(tc.get("similarity", "mse"), tc.get("reg_param", 0.01), 0.0, tc.get("ncc_window", 9),
+                            tc.get("jac_param", 0.0))
+    return refine_loss(loss)
 
 
 def register_parser():
@@ -314,6 +344,10 @@ def register_parser():
     parser.add_argument("--fixed_seg", help="label map of the fixed image: report Dice before/after")
     parser.add_argument("--ckpt_epoch", type=int, help="use the checkpoint of this epoch instead of weights.pth")
     parser.add_argument("--gpu_num", type=int, default=0, help="GPU index (cuda:K); -1 runs on the CPU (default 0)")
+    parser.add_argument("--refine", type=int, default=0, metavar="K", help="refine the field with K Adam steps on "
+                        "this pair's similarity, smoothness and folding penalty (default 0: off)")
+    parser.add_argument("--refine_lr", type=float, default=DEFAULT_REFINE_LR,
+                        help=f"refinement step in pixels (default {DEFAULT_REFINE_LR})")
     parser.add_argument("--rescale", action="store_true", help="min-max rescale both images to [0, 1] for the "
                         "network (default: intensities as given, expected in [0, 1])")
     return parser
@@ -325,7 +359,14 @@ def register_main(argv=None):
     if args.fixed_seg and not args.moving_seg:
         raise UserError("--fixed_seg needs --moving_seg (Dice compares the warped moving labels with it)")
     result = register_files(args.exp_num, args.dim, args.moving, args.fixed, args.out, args.moving_seg,
-                            args.fixed_seg, args.ckpt_epoch, args.gpu_num, args.rescale)
+                            args.fixed_seg, args.ckpt_epoch, args.gpu_num, args.rescale, args.refine, args.refine_lr)
+    net = result.get("network")
+    if net is not None:
+        line = f"network alone: folding {net['folding_percent']:.3f}%"
+        if "dice" in net:
+            line += f", Dice {net['dice']:.4f}"
+        print(line + f" ({1000 * net['seconds_forward_warp']:.1f} ms); refined with {args.refine} steps "
+              f"({1000 * result['seconds_refine']:.0f} ms):")
     line = (f"registered with experiment {args.exp_num} ({result['checkpoint']}): "
             f"folding {result['folding_percent']:.3f}%, SDlogJ {result['sdlogj']:.4f}")
     if "dice" in result:

@@ -50,6 +50,15 @@ def summarize(metrics, label_ids):
     s["hd95_units"] = HD95_UNITS
     s["time_per_pair_s"], s["time_per_pair_std_s"] = _mean_std(metrics.time_s)
     s["time_per_pair_median_s"] = float(np.median(metrics.time_s)) if len(metrics.time_s) else None
+    if metrics.network is not None:
+        net = metrics.network
+        s["network"] = {"dice_mean": _mean_std(PairMetrics.pair_score(net["dice_after"])[labelled])[0],
+                        "dice_std": _mean_std(PairMetrics.pair_score(net["dice_after"])[labelled])[1],
+                        "folding_percent_mean": _mean_std(net["folding"])[0],
+                        "sdlogj_mean": _mean_std(net["sdlogj"])[0],
+                        "time_per_pair_s": _mean_std(net["time_s"])[0],
+                        "notes": "the network's own field, before refinement; the main entries score the "
+                                 "refined field and their time includes refinement"}
     s["notes"] = ("Dice and HD95 are means over the pairs with label maps; pair scores average the labels "
                   "present in either map. Pairs without label maps count towards folding, SDlogJ and time only.")
     return s
@@ -117,11 +126,22 @@ def format_table(summaries):
     def num(value, digits):
         return "n/a" if value is None else f"{value:.{digits}f}"
 
-    rows = [[str(s["eval_size"]), "x".join(map(str, s["eval_shape"])), str(s["n_pairs"]), _scored_on(s),
-             num(s["initial_dice_mean"], 4), pm(s["dice_mean"], s["dice_std"], 4),
-             pm(s["folding_percent_mean"], s["folding_percent_std"], 3), num(s["sdlogj_mean"], 4),
-             num(s["hd95_mean"], 2), num(None if s["time_per_pair_s"] is None else 1000 * s["time_per_pair_s"], 2)]
-            for s in summaries]
+    def ms(seconds):
+        return num(None if seconds is None else 1000 * seconds, 2)
+
+    rows = []
+    for s in summaries:
+        size = str(s["eval_size"])
+        if s.get("network"):  # refined evaluation: the network's own field first, then refined
+            net = s["network"]
+            rows.append([size + " net", "x".join(map(str, s["eval_shape"])), str(s["n_pairs"]), _scored_on(s),
+                         num(s["initial_dice_mean"], 4), pm(net["dice_mean"], net["dice_std"], 4),
+                         num(net["folding_percent_mean"], 3), num(net["sdlogj_mean"], 4), "", ms(net["time_per_pair_s"])])
+            size += f" +refine {s['refine_steps']}"
+        rows.append([size, "x".join(map(str, s["eval_shape"])), str(s["n_pairs"]), _scored_on(s),
+                     num(s["initial_dice_mean"], 4), pm(s["dice_mean"], s["dice_std"], 4),
+                     pm(s["folding_percent_mean"], s["folding_percent_std"], 3), num(s["sdlogj_mean"], 4),
+                     num(s["hd95_mean"], 2), ms(s["time_per_pair_s"])])
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

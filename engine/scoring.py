@@ -39,6 +39,10 @@ class PairMetrics:
         (n_pairs,) float64: % of pixels with J < 0, SDlogJ, seconds of forward + warp.
     labelled : numpy.ndarray
         (n_pairs,) bool: both subjects of the pair have a label map.
+    network : dict, optional
+        With refinement (``--refine K``): the network's own field before refinement, scored the
+        same way: ``dice_after`` (n_pairs, n_labels), ``folding``, ``sdlogj``, ``time_s`` (n_pairs,).
+        The main attributes then score the refined field, and ``time_s`` includes refinement.
     """
 
     dice_before: np.ndarray
@@ -48,6 +52,7 @@ class PairMetrics:
     sdlogj: np.ndarray
     time_s: np.ndarray
     labelled: np.ndarray
+    network: dict = None
 
     @staticmethod
     def pair_score(per_label):
@@ -83,7 +88,7 @@ def timed_registration(model, moving, fixed, device):
 
 @torch.inference_mode()
 def register_split(model, data, label_ids, batch_size, hd95_spacing=None, panels=(), on_panel=None,
-                   progress=True, desc="pairs"):
+                   progress=True, desc="pairs", refine=None):
     """Register every pair of ``data`` and score it.
 
     Parameters
@@ -109,6 +114,9 @@ def register_split(model, data, label_ids, batch_size, hd95_spacing=None, panels
         Show a tqdm bar over pairs (it advances as each pair's HD95 is done, the slow part in 3D).
     desc : str
         Label of the progress bar.
+    refine : callable, optional
+        ``refine(moving, fixed, flow) -> flow``, per-pair refinement (:mod:`engine.refine`) applied
+        to each batch's field; the network's own field is scored too (``PairMetrics.network``).
 
     Returns
     -------
@@ -120,13 +128,31 @@ def register_split(model, data, label_ids, batch_size, hd95_spacing=None, panels
     per input size instead of once per batch; the cache is freed on return.
     """
     with weight_cache(model):
-        return _register_split(model, data, label_ids, batch_size, hd95_spacing, panels, on_panel, progress, desc)
+        return _register_split(model, data, label_ids, batch_size, hd95_spacing, panels, on_panel, progress, desc,
+                               refine)
 
 
-def _register_split(model, data, label_ids, batch_size, hd95_spacing, panels, on_panel, progress, desc):
+def _score_network(out, rows, batch, flow, seconds, label_ids):
+    """Scores of the network's own field, before refinement, into ``out.network``."""
+    net = out.network
+    net["time_s"][rows] = seconds / len(rows)
+    jac = jacobian_determinant(flow)
+    net["folding"][rows] = folding_percent(jacobian=jac).cpu().numpy()
+    net["sdlogj"][rows] = sdlogj(jacobian=jac).cpu().numpy()
+    if batch.moving_labels is not None:
+        labelled = batch.has_labels.cpu().numpy()
+        warped_labels = warp(batch.moving_labels, field_on_grid(flow, batch.moving_labels.shape[2:]))
+        after = dice_per_label(warped_labels, batch.fixed_labels, label_ids).cpu().numpy()
+        net["dice_after"][rows[labelled]] = after[labelled]
+
+
+def _register_split(model, data, label_ids, batch_size, hd95_spacing, panels, on_panel, progress, desc, refine):
     n, n_labels = len(data), len(label_ids)
     out = PairMetrics(*(np.full((n, n_labels), np.nan) for _ in range(3)),
                       *(np.zeros(n) for _ in range(3)), labelled=np.zeros(n, dtype=bool))
+    if refine is not None:
+        out.network = {"dice_after": np.full((n, n_labels), np.nan), "folding": np.zeros(n), "sdlogj": np.zeros(n),
+                       "time_s": np.zeros(n)}
     device, panels = data.device, set(panels)
     # Warm-up: first calls allocate memory and plan FFTs; one pass per batch size seen below.
     for size in sorted({min(batch_size, n), n % batch_size or batch_size}):
@@ -143,6 +169,14 @@ def _register_split(model, data, label_ids, batch_size, hd95_spacing, panels, on
             bar.set_postfix_str(f"{dice_so_far}registering", refresh=True)
             flow, warped, seconds = timed_registration(model, batch.moving, batch.fixed, device)
             rows = idx.numpy()
+            if refine is not None:
+                _score_network(out, rows, batch, flow, seconds, label_ids)
+                bar.set_postfix_str(f"{dice_so_far}refining", refresh=True)
+                start = time.perf_counter()
+                flow = refine(batch.moving, batch.fixed, flow)
+                warped = warp(batch.moving, flow)
+                synchronize(device)
+                seconds += time.perf_counter() - start
             out.time_s[rows] = seconds / len(rows)
             jac = jacobian_determinant(flow)
             out.folding[rows] = folding_percent(jacobian=jac).cpu().numpy()

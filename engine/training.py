@@ -87,6 +87,8 @@ class Trainer(TrainingLoop):
         torch.manual_seed(tc["seed"])
         self.model = build_model(self.config["model_name"], self.config["model_config"], dim).to(self.device)
         self.n_params = count_parameters(self.model)
+        if hasattr(self.model, "check_input_shape"):  # a size the model cannot take: before any folder exists
+            self.model.check_input_shape(self.train_shape)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc["lr"])
         self.scheduler = build_scheduler(self.optimizer, tc, tc["epochs"])
         self.history = {}

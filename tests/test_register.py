@@ -164,3 +164,22 @@ def test_script_reports_mismatched_dimensions_in_one_line(subjects, tmp_path):
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "--dim 2 needs a 2D image" in proc.stderr
+
+
+def test_refine_reports_the_network_alone_and_refined(exp_root, subjects, tmp_path, capsys):
+    images, labels = subjects[2]
+    moving = save(tmp_path / "m.nii.gz", images[0])
+    fixed = save(tmp_path / "f.nii.gz", images[1])
+    segs = [save(tmp_path / "ms.nii.gz", labels[0]), save(tmp_path / "fs.nii.gz", labels[1])]
+    out = tmp_path / "out"
+    assert register("--exp_num", 1, "--dim", 2, "--moving", moving, "--fixed", fixed, "--moving_seg", segs[0],
+                    "--fixed_seg", segs[1], "--out", out, "--refine", 10) == 0
+    printed = capsys.readouterr().out
+    assert "network alone" in printed and "refined with 10 steps" in printed
+    summary = json.loads((out / "registration.json").read_text())
+    net = summary["network"]
+    # The identity model: the network alone leaves Dice as it was; refinement moves the field.
+    assert net["dice"] == pytest.approx(summary["initial_dice"]) and net["folding_percent"] == 0
+    assert summary["refine_steps"] == 10 and summary["seconds_refine"] > 0
+    field, _ = load(out / "displacement.nii.gz")
+    assert np.abs(field).max() > 0

@@ -322,3 +322,29 @@ def test_config_file_evaluates_other_data_into_a_folder_named_by_it(tmp_path, mo
     same.write_text(json.dumps({"model_name": "fnoreg", "model_config": MODEL[2], "data_config": PHANTOM[2]}))
     (s,) = evaluate_experiment(2, exp_num, gpu_num=-1, progress=False, n_panels=0, config_file=str(same))
     assert s["data_tag"] is None and len(list((folder / "eval").iterdir())) == 2
+
+
+def test_refine_reports_network_and_refined_scores_in_its_own_folder(exp_root, capsys):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FNOREG_EXPERIMENTS_DIR", str(exp_root))
+        assert evaluate(2, "--exp_num", "1", "--refine", "3", "--n_panels", "0") == 0
+    out = capsys.readouterr().out
+    assert "net" in out and "+refine 3" in out
+    folder = default_eval(exp_root, 2).with_name(default_eval(exp_root, 2).name + "_refine3")
+    summary = json.loads((folder / "summary.json").read_text())
+    plain = json.loads((default_eval(exp_root, 2) / "summary.json").read_text())
+    assert summary["refine_steps"] == 3 and summary["refine_loss"]["jac_param"] > 0
+    net = summary["network"]
+    # The network's own field scores exactly as the plain evaluation did; refinement costs time.
+    assert net["dice_mean"] == pytest.approx(plain["dice_mean"]) and net["folding_percent_mean"] == pytest.approx(
+        plain["folding_percent_mean"])
+    assert summary["time_per_pair_s"] > net["time_per_pair_s"]
+    assert summary["sdlogj_mean"] != net["sdlogj_mean"]  # the field moved
+
+
+def test_refine_flag_errors(exp_root, capsys):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FNOREG_EXPERIMENTS_DIR", str(exp_root))
+        with pytest.raises(SystemExit):
+            evaluate(2, "--exp_num", "1", "--refine", "-1")
+    assert "--refine" in one_error_line(capsys)
