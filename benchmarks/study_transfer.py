@@ -1,0 +1,135 @@
+"""Resolution transfer without extra folding (issue 11): every FNOReg option, one table.
+
+Each variant is ``configs/demo_2d.json`` (the README demo recipe: 600 steps of batch 8, lr 1e-3,
+seed 0, phantoms) with one change, trained at ``--train_sizes`` (default 80) and evaluated on the
+test split at 80x96 and 160x192 through the real pipeline (``engine.training.train_main``,
+``engine.evaluation.evaluate_experiment``); ``--refine K`` adds rows for per-pair refinement of
+the variants named by ``--refine_variants``.
+
+    python benchmarks/study_transfer.py                       # about 25 min on a 2-core CPU
+    python benchmarks/study_transfer.py --variants published band_limit --train_sizes 80 160
+
+Outputs: ``<out>/transfer.json`` (every summary) and ``<out>/transfer.md`` (the table).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import finish_machine_info, machine_info, machine_line  # noqa: E402
+from engine.evaluation import evaluate_experiment  # noqa: E402
+from engine.training import train_main  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: name -> (section, changes) applied to configs/demo_2d.json.
+VARIANTS = {
+    "published": {},
+    "band_limit": {"model_config": {"band_limit": True}},
+    "diffeomorphic": {"model_config": {"diffeomorphic": True}},
+    "jac_param 1": {"train_config": {"jac_param": 1.0}},
+    "multires 64-160": {"train_config": {"multires": {"min_size": 64, "max_size": 160}, "size": None}},
+    "band_limit + diffeomorphic": {"model_config": {"band_limit": True, "diffeomorphic": True}},
+    "band_limit + jac_param 1": {"model_config": {"band_limit": True}, "train_config": {"jac_param": 1.0}},
+    "ffc_fft_norm forward + band_limit": {"model_config": {"band_limit": True, "ffc_fft_norm": "forward"}},
+}
+
+
+def variant_config(base, changes, train_size):
+    cfg = json.loads(json.dumps(base))
+    for section, values in changes.items():
+        cfg[section].update(values)
+    if not cfg["train_config"].get("multires"):
+        cfg["train_config"]["size"] = train_size
+    cfg["description"] = "study_transfer"
+    return cfg
+
+
+def run(name, changes, train_size, work, eval_sizes, refine, progress):
+    """Train one variant at ``train_size`` and evaluate it; returns its summaries."""
+    root = work / f"{name.replace(' ', '_').replace('+', 'and')}_train{train_size}"
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ["FNOREG_EXPERIMENTS_DIR"] = str(root)
+    base = json.loads((REPO / "configs" / "demo_2d.json").read_text())
+    cfg = variant_config(base, changes, train_size)
+    if cfg["train_config"].get("multires") and train_size != cfg["train_config"]["multires"]["max_size"]:
+        return None  # a multires run has one training range, not a training size
+    path = root / "config.json"
+    path.write_text(json.dumps(cfg, indent=2))
+    started = time.perf_counter()
+    assert train_main(2, ["--config_file", str(path), "--gpu_num", "-1"]) == 0
+    train_s = time.perf_counter() - started
+    exp = max(int(p.name[3:]) for p in (root / "2d").glob("exp*"))
+    out = {"train_s": train_s, "eval": {}}
+    for k in sorted({0, *refine}):
+        for s in evaluate_experiment(2, exp, sizes=eval_sizes, gpu_num=-1, progress=progress, n_panels=0, refine=k):
+            out["eval"][f"{s['eval_size']}_refine{k}"] = s
+    return out
+
+
+def table(results, eval_sizes):
+    low, high = eval_sizes
+    head = ["variant", "trained at", "refine K", f"Dice {low}", f"Dice {high}", f"folding % {low}",
+            f"folding % {high}", f"SDlogJ {low}", f"SDlogJ {high}", f"HD95 {high}", f"ms/pair {high}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (name, size), res in results.items():
+        if res is None:
+            continue
+        ks = sorted({int(key.split("refine")[1]) for key in res["eval"]})
+        for k in ks:
+            a, b = res["eval"][f"{low}_refine{k}"], res["eval"][f"{high}_refine{k}"]
+            trained = "64-160" if "multires" in name else str(size)
+            lines.append(f"| {name} | {trained} | {k} | {a['dice_mean']:.3f} | {b['dice_mean']:.3f} | "
+                         f"{a['folding_percent_mean']:.2f} | {b['folding_percent_mean']:.2f} | {a['sdlogj_mean']:.3f} | "
+                         f"{b['sdlogj_mean']:.3f} | {b['hd95_mean']:.2f} | {1000 * b['time_per_pair_s']:.1f} |")
+    first = next(iter(results.values()))
+    if first is not None:
+        s = first["eval"][f"{low}_refine0"]
+        lines.append(f"| before registration | | | {s['initial_dice_mean']:.3f} | "
+                     f"{first['eval'][f'{high}_refine0']['initial_dice_mean']:.3f} | | | | | | |")
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--train_sizes", nargs="+", type=int, default=[80])
+    p.add_argument("--eval_sizes", nargs=2, type=int, default=[80, 160])
+    p.add_argument("--refine", nargs="*", type=int, default=[], help="refinement steps K to add (0 always runs)")
+    p.add_argument("--refine_variants", nargs="*", default=["published"])
+    p.add_argument("--threads", type=int)
+    p.add_argument("--work", default=str(REPO / "experiments" / "study_transfer"))
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = machine_info(device="cpu")
+    work, out = Path(args.work), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for size in args.train_sizes:
+        for name in args.variants:
+            refine = args.refine if name in args.refine_variants else []
+            print(f"[study] {name}, trained at {size}", file=sys.stderr, flush=True)
+            results[(name, size)] = run(name, VARIANTS[name], size, work, args.eval_sizes, refine, args.verbose)
+            (out / "transfer.json").write_text(json.dumps(
+                {"machine": info, "results": {f"{n} @ {s}": r for (n, s), r in results.items()}}, indent=1,
+                default=str))
+    finish_machine_info(info)
+    text = (f"# Resolution transfer study (issue 11)\n\n{machine_line(info)}\n\n"
+            f"Command: `python benchmarks/study_transfer.py {' '.join(sys.argv[1:])}`\n\n"
+            + table(results, args.eval_sizes) + "\n")
+    (out / "transfer.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
