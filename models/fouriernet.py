@@ -30,7 +30,6 @@ import torch
 from torch import nn
 
 from utils.errors import ConfigError
-from utils.fields import check_image_pair
 
 from .heads import FlowOutput, init_head, positive_int
 from .nd import check_dim, conv, conv_transpose
@@ -128,20 +127,9 @@ class FourierNet(InputShapeMixin, nn.Module):
         return self.head(x)
 
     def forward(self, moving, fixed):
-        """Predict the displacement that warps ``moving`` onto ``fixed``.
-
-        Parameters
-        ----------
-        moving, fixed : torch.Tensor
-            (batch, 1, *spatial), every side a multiple of 16.
-
-        Returns
-        -------
-        torch.Tensor
-            (batch, dim, *spatial) band-limited displacement in normalised coordinates.
-        """
-        check_image_pair(moving, fixed, self.dim)
-        self.check_input_shape(moving.shape[2:])
+        """(batch, dim, *spatial) band-limited normalised displacement warping ``moving`` onto
+        ``fixed`` ((batch, 1, *spatial) each, every side a multiple of 16)."""
+        self.check_inputs(moving, fixed)
         patch = self.band(moving, fixed)
         return self.output(band_limited_upsample(patch, moving.shape[2:]))
 

@@ -10,6 +10,7 @@ forward pass raises the same error instead of a shape traceback from inside the 
 """
 
 from utils.errors import ShapeError
+from utils.fields import check_image_pair
 
 
 class InputSizeError(ShapeError):
@@ -69,7 +70,7 @@ class InputShapeMixin:
     """For networks whose input sides must be multiples of ``self.input_multiple()``.
 
     Subclasses define ``input_multiple()`` and ``_size_reason()`` and call
-    ``self.check_input_shape(moving.shape[2:])`` at the start of ``forward``.
+    ``self.check_inputs(moving, fixed)`` at the start of ``forward``.
     """
 
     label = "model"
@@ -79,6 +80,12 @@ class InputShapeMixin:
 
     def _size_reason(self):
         return "down-sampling"
+
+    def check_inputs(self, moving, fixed):
+        """Check a ``[moving, fixed]`` pair for ``forward``: (batch, 1, *spatial) images of one
+        shape, of this model's dimension, every side a multiple of :meth:`input_multiple`."""
+        check_image_pair(moving, fixed, self.dim)
+        self.check_input_shape(moving.shape[2:])
 
     def check_input_shape(self, shape):
         """Raise :class:`InputSizeError` (one line, exit status 2 in the scripts) if the network

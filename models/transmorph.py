@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.errors import ConfigError
-from utils.fields import check_image_pair
 
 from .heads import FlowOutput, init_head, int_list, positive_int
 from .nd import avg_pool, check_dim, conv, instance_norm
@@ -317,20 +316,9 @@ class TransMorph(InputShapeMixin, nn.Module):
         return features
 
     def forward(self, moving, fixed):
-        """Predict the displacement that warps ``moving`` onto ``fixed``.
-
-        Parameters
-        ----------
-        moving, fixed : torch.Tensor
-            (batch, 1, *spatial), every side a multiple of :meth:`input_multiple`.
-
-        Returns
-        -------
-        torch.Tensor
-            (batch, dim, *spatial) displacement in normalised coordinates.
-        """
-        check_image_pair(moving, fixed, self.dim)
-        self.check_input_shape(moving.shape[2:])
+        """(batch, dim, *spatial) normalised displacement warping ``moving`` onto ``fixed``
+        ((batch, 1, *spatial) each, every side a multiple of :meth:`input_multiple`)."""
+        self.check_inputs(moving, fixed)
         x = torch.cat([moving, fixed], dim=1)
         skip_full = self.skip_full(x)
         skip_half = self.skip_half(self.pool(x))

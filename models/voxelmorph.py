@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 from utils.errors import ConfigError
-from utils.fields import check_image_pair
 
 from .heads import FlowOutput, check_choice, init_head, int_list, positive_int
 from .nd import batch_norm, check_dim, conv, conv_transpose, max_pool
@@ -219,20 +218,9 @@ class VoxelMorph(InputShapeMixin, nn.Module):
         return f"its {self.levels} down-samplings by 2"
 
     def forward(self, moving, fixed):
-        """Predict the displacement that warps ``moving`` onto ``fixed``.
-
-        Parameters
-        ----------
-        moving, fixed : torch.Tensor
-            (batch, 1, *spatial), every side a multiple of :meth:`input_multiple`.
-
-        Returns
-        -------
-        torch.Tensor
-            (batch, dim, *spatial) displacement in normalised coordinates.
-        """
-        check_image_pair(moving, fixed, self.dim)
-        self.check_input_shape(moving.shape[2:])
+        """(batch, dim, *spatial) normalised displacement warping ``moving`` onto ``fixed``
+        ((batch, 1, *spatial) each, every side a multiple of :meth:`input_multiple`)."""
+        self.check_inputs(moving, fixed)
         x = self.backbone(torch.cat([moving, fixed], dim=1))
         return self.output(self.head(x))
 
