@@ -15,6 +15,7 @@ the head predict a stationary velocity integrated by scaling and squaring.
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from utils.errors import ConfigError
 from utils.fields import check_image_pair
@@ -119,6 +120,11 @@ class FNOReg(nn.Module):
     integration_steps : int
         Scaling-and-squaring steps when ``diffeomorphic`` (7: the first step stays under half a
         pixel for velocities up to 64 pixels).
+    checkpointing : bool
+        Activation checkpointing over the Fourier layers in training: their activations are
+        recomputed in the backward pass instead of kept, which trades about one extra forward
+        pass of those layers for memory (what lets a full-size 3D training step fit; see the
+        memory benchmark). Same results; no effect in inference.
     in_channels : int
         Input channels: 2 for ``[moving, fixed]``.
     """
@@ -141,6 +147,7 @@ class FNOReg(nn.Module):
         band_limit=False,
         diffeomorphic=False,
         integration_steps=7,
+        checkpointing=False,
         in_channels=2,
     ):
         super().__init__()
@@ -157,10 +164,12 @@ class FNOReg(nn.Module):
             raise ConfigError(f"head_init must be one of {HEAD_INITS}, got {head_init!r}")
         if isinstance(ffc_alpha, bool) or not isinstance(ffc_alpha, (int, float)):
             raise ConfigError(f"ffc_alpha must be a number in [0, 1], got {ffc_alpha!r}")
-        for key, value in (("band_limit", band_limit), ("diffeomorphic", diffeomorphic)):
+        for key, value in (("band_limit", band_limit), ("diffeomorphic", diffeomorphic),
+                           ("checkpointing", checkpointing)):
             if not isinstance(value, bool):
                 raise ConfigError(f"{key} must be true or false, got {value!r}")
         self.band_limit = band_limit
+        self.checkpointing = checkpointing
         self.integrate = ScalingSquaring(_positive_int(integration_steps, "integration_steps")) if diffeomorphic else None
         # Largest shape seen in training mode; saved with the weights, so a checkpoint knows it.
         self.register_buffer("trained_shape", torch.zeros(dim, dtype=torch.long))
@@ -208,8 +217,15 @@ class FNOReg(nn.Module):
             seen = torch.tensor(shape, dtype=torch.long, device=self.trained_shape.device)
             self.trained_shape.copy_(torch.maximum(self.trained_shape, seen))
         x = self.lifting(torch.cat([moving, fixed], dim=1))
-        x = self.decoder(self.layers(self.encoder(x)))
-        flow = self.projection(x)
+        x = self.encoder(x)
+        for layer in self.layers:
+            # The FFC blocks are not checkpointed: recomputing their batch norms would update the
+            # running statistics twice per step.
+            if self.checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, use_reentrant=False)
+            else:
+                x = layer(x)
+        flow = self.projection(self.decoder(x))
         if self.band_limit and not self.training:
             flow = _band_limit(flow, self.trained_shape.tolist())
         return self.integrate(flow) if self.integrate is not None else flow
