@@ -358,13 +358,12 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
                "data_config": data_config,
                "device": str(device), "versions": xp.software_versions(), "git_commit": xp.git_commit(),
                "refine_steps": refine, "refine_lr": refine_lr if refine else None}
-    refiner = None
+    loss = refine_loss(RegistrationLoss(tc["similarity"], tc["reg_param"], 0.0, tc["ncc_window"], tc["jac_param"]))
     if refine:
-        loss = refine_loss(RegistrationLoss(tc["similarity"], tc["reg_param"], 0.0, tc["ncc_window"], tc["jac_param"]))
         context["refine_loss"] = {k: getattr(loss, k) for k in ("similarity", "reg_param", "jac_param", "ncc_window")}
 
-        def refiner(moving, fixed, flow):
-            return refine_field(moving, fixed, flow, refine, loss, refine_lr)
+    def refiner(moving, fixed, flow):
+        return refine_field(moving, fixed, flow, refine, loss, refine_lr)
     shapes = evaluation_shapes(sizes, data.shape)
     if hasattr(model, "check_input_shape"):  # every size is checked before any output is written
         for _, shape in shapes:
@@ -373,7 +372,7 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
     for size, shape in shapes:
         out_dir = output_folder(folder, info["checkpoint"], size, split, tag, score_on, refine)
         summaries.append(evaluate_at(model, data, size, shape, out_dir, context, batch_size, n_panels, progress,
-                                     data_config["antialias"], score_on, refiner))
+                                     data_config["antialias"], score_on, refiner if refine else None))
         if progress:
             print(f"wrote {out_dir}", file=sys.stderr)
     return summaries

@@ -19,14 +19,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from utils.errors import ShapeError
-from utils.fields import (  # noqa: F401  (central_difference, jacobian_determinant: part of this API)
-    central_difference,
-    check_field,
-    check_same_spatial,
-    check_spatial,
-    jacobian_determinant,
-    to_pixel_units,
-)
+from utils.fields import check_same_spatial, check_spatial, jacobian_determinant
 
 
 def _check_labels(a, b):
