@@ -59,8 +59,7 @@ def run(name, changes, train_size, work, eval_sizes, refine, progress):
     os.environ["FNOREG_EXPERIMENTS_DIR"] = str(root)
     base = json.loads((REPO / "configs" / "demo_2d.json").read_text())
     cfg = variant_config(base, changes, train_size)
-    if cfg["train_config"].get("multires") and train_size != cfg["train_config"]["multires"]["max_size"]:
-        return None  # a multires run has one training range, not a training size
+    # A multires run has a training range instead of a size: --train_sizes does not apply to it.
     path = root / "config.json"
     path.write_text(json.dumps(cfg, indent=2))
     started = time.perf_counter()
