@@ -118,6 +118,7 @@ def inference_fn(model, shape, device):
         with torch.inference_mode():
             return warp(moving, model(moving, fixed))
 
+    call.cache = cache  # the block lasts as long as the timed function: collected, it would close
     return call
 
 
