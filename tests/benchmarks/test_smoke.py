@@ -143,4 +143,5 @@ def test_resolution_variants_keep_the_benchmark_budget():
     config = bench_resolution.run_config("bl", runs["bl"], 80, bench_resolution.BUDGETS["cpu"], {}, 0)
     assert config["train_config"]["batch_size"] == 8 and config["train_config"]["reg_param"] == 0.05
     assert config["model_config"]["band_limit"] is True and config["train_config"]["size"] == 80
-    assert runs["fnoreg/small"]["model_config"] == {"preset": "small"}
+    published = json.loads((bench_resolution.CONFIG_DIR / "fnoreg_2d_small.json").read_text())
+    assert runs["fnoreg/small"]["model_config"] == published["model_config"]  # the config file's model
