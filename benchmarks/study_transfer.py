@@ -14,18 +14,17 @@ Outputs: ``<out>/transfer.json`` (every summary) and ``<out>/transfer.md`` (the 
 
 import argparse
 import json
-import os
+import shutil
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_resolution import experiments_dir, train_run  # noqa: E402
 from benchmarks.common import finish_machine_info, machine_info, machine_line  # noqa: E402
 from engine.evaluation import evaluate_experiment  # noqa: E402
-from engine.training import train_main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,21 +56,18 @@ def variant_config(base, changes, train_size):
 def run(name, changes, train_size, work, eval_sizes, refine, progress):
     """Train one variant at ``train_size`` and evaluate it; returns its summaries."""
     root = work / f"{name.replace(' ', '_').replace('+', 'and')}_train{train_size}"
-    root.mkdir(parents=True, exist_ok=True)
-    os.environ["FNOREG_EXPERIMENTS_DIR"] = str(root)
+    shutil.rmtree(root, ignore_errors=True)  # experiment 1 of a fresh root is this run
+    root.mkdir(parents=True)
     base = json.loads((REPO / "configs" / "demo_2d.json").read_text())
-    cfg = variant_config(base, changes, train_size)
-    # A multires run has a training range instead of a size: --train_sizes does not apply to it.
     path = root / "config.json"
-    path.write_text(json.dumps(cfg, indent=2))
-    started = time.perf_counter()
-    assert train_main(2, ["--config_file", str(path), "--gpu_num", "-1"]) == 0
-    train_s = time.perf_counter() - started
-    exp = max(int(p.name[3:]) for p in (root / "2d").glob("exp*"))
+    path.write_text(json.dumps(variant_config(base, changes, train_size), indent=2))
+    status, train_s = train_run(path, root, -1, isolate=False, verbose=progress)
+    assert status == 0, f"training {name} failed"
     out = {"train_s": train_s, "eval": {}}
-    for k in sorted({0, *refine}):
-        for s in evaluate_experiment(2, exp, sizes=eval_sizes, gpu_num=-1, progress=progress, n_panels=0, refine=k):
-            out["eval"][f"{s['eval_size']}_refine{k}"] = s
+    with experiments_dir(root):
+        for k in sorted({0, *refine}):
+            for s in evaluate_experiment(2, 1, sizes=eval_sizes, gpu_num=-1, progress=progress, n_panels=0, refine=k):
+                out["eval"][f"{s['eval_size']}_refine{k}"] = s
     return out
 
 

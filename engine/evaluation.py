@@ -358,7 +358,7 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
                "data_config": data_config,
                "device": str(device), "versions": xp.software_versions(), "git_commit": xp.git_commit(),
                "refine_steps": refine, "refine_lr": refine_lr if refine else None}
-    loss = refine_loss(RegistrationLoss(tc["similarity"], tc["reg_param"], 0.0, tc["ncc_window"], tc["jac_param"]))
+    loss = refine_loss(RegistrationLoss.from_config(tc))
     if refine:
         context["refine_loss"] = {k: getattr(loss, k) for k in ("similarity", "reg_param", "jac_param", "ncc_window")}
 

@@ -322,10 +322,7 @@ def register_files(exp_num, dim, moving, fixed, out, moving_seg=None, fixed_seg=
 
 def _refine_loss(folder):
     """The refinement objective from experiment ``folder``'s stored training loss."""
-    tc = read_json(Path(folder) / "config.json").get("train_config", {})
-    loss = RegistrationLoss(tc.get("similarity", "mse"), tc.get("reg_param", 0.01), 0.0, tc.get("ncc_window", 9),
-                            tc.get("jac_param", 0.0))
-    return refine_loss(loss)
+    return refine_loss(RegistrationLoss.from_config(read_json(Path(folder) / "config.json").get("train_config", {})))
 
 
 def register_parser():

@@ -132,18 +132,18 @@ def register_split(model, data, label_ids, batch_size, hd95_spacing=None, panels
                                refine)
 
 
-def _score_network(out, rows, batch, flow, seconds, label_ids):
-    """Scores of the network's own field, before refinement, into ``out.network``."""
-    net = out.network
-    net["time_s"][rows] = seconds / len(rows)
+def _score_field(flow, batch, label_ids):
+    """Jacobian, folding and SDlogJ of one batch's field and, with label maps, the warped labels
+    (on the label grid, the field resampled when it differs) and Dice after, per label."""
     jac = jacobian_determinant(flow)
-    net["folding"][rows] = folding_percent(jacobian=jac).cpu().numpy()
-    net["sdlogj"][rows] = sdlogj(jacobian=jac).cpu().numpy()
+    scores = {"jacobian": jac, "folding": folding_percent(jacobian=jac).cpu().numpy(),
+              "sdlogj": sdlogj(jacobian=jac).cpu().numpy(), "warped_labels": None}
     if batch.moving_labels is not None:
-        labelled = batch.has_labels.cpu().numpy()
-        warped_labels = warp(batch.moving_labels, field_on_grid(flow, batch.moving_labels.shape[2:]))
-        after = dice_per_label(warped_labels, batch.fixed_labels, label_ids).cpu().numpy()
-        net["dice_after"][rows[labelled]] = after[labelled]
+        scores["labelled"] = batch.has_labels.cpu().numpy()
+        # Integer maps: nearest neighbour.
+        scores["warped_labels"] = warp(batch.moving_labels, field_on_grid(flow, batch.moving_labels.shape[2:]))
+        scores["dice_after"] = dice_per_label(scores["warped_labels"], batch.fixed_labels, label_ids).cpu().numpy()
+    return scores
 
 
 def _register_split(model, data, label_ids, batch_size, hd95_spacing, panels, on_panel, progress, desc, refine):
@@ -170,7 +170,11 @@ def _register_split(model, data, label_ids, batch_size, hd95_spacing, panels, on
             flow, warped, seconds = timed_registration(model, batch.moving, batch.fixed, device)
             rows = idx.numpy()
             if refine is not None:
-                _score_network(out, rows, batch, flow, seconds, label_ids)
+                net, scores = out.network, _score_field(flow, batch, label_ids)
+                net["time_s"][rows] = seconds / len(rows)
+                net["folding"][rows], net["sdlogj"][rows] = scores["folding"], scores["sdlogj"]
+                if "labelled" in scores:
+                    net["dice_after"][rows[scores["labelled"]]] = scores["dice_after"][scores["labelled"]]
                 bar.set_postfix_str(f"{dice_so_far}refining", refresh=True)
                 start = time.perf_counter()
                 flow = refine(batch.moving, batch.fixed, flow)
@@ -178,19 +182,15 @@ def _register_split(model, data, label_ids, batch_size, hd95_spacing, panels, on
                 synchronize(device)
                 seconds += time.perf_counter() - start
             out.time_s[rows] = seconds / len(rows)
-            jac = jacobian_determinant(flow)
-            out.folding[rows] = folding_percent(jacobian=jac).cpu().numpy()
-            out.sdlogj[rows] = sdlogj(jacobian=jac).cpu().numpy()
-            warped_labels = None
-            if batch.moving_labels is not None:
-                labelled = batch.has_labels.cpu().numpy()
+            scores = _score_field(flow, batch, label_ids)
+            jac, warped_labels = scores["jacobian"], scores["warped_labels"]
+            out.folding[rows], out.sdlogj[rows] = scores["folding"], scores["sdlogj"]
+            if "labelled" in scores:
+                labelled = scores["labelled"]
                 out.labelled[rows] = labelled
-                # Integer maps: nearest neighbour, on the label grid (the field resampled when it differs).
-                warped_labels = warp(batch.moving_labels, field_on_grid(flow, batch.moving_labels.shape[2:]))
                 before = dice_per_label(batch.moving_labels, batch.fixed_labels, label_ids).cpu().numpy()
-                after = dice_per_label(warped_labels, batch.fixed_labels, label_ids).cpu().numpy()
                 out.dice_before[rows[labelled]] = before[labelled]
-                out.dice_after[rows[labelled]] = after[labelled]
+                out.dice_after[rows[labelled]] = scores["dice_after"][labelled]
             for k, row in enumerate(rows):
                 if out.labelled[row]:
                     bar.set_postfix_str(f"{dice_so_far}HD95", refresh=True)

@@ -77,8 +77,7 @@ class Trainer(TrainingLoop):
         self.train = DeviceSplit(splits["train"], self.train_shape, self.device, antialias)
         self.val = DeviceSplit(splits["val"], self.train_shape, self.device, antialias) if len(splits["val"].pairs) \
             else None
-        self.loss_fn = RegistrationLoss(tc["similarity"], tc["reg_param"], tc["seg_param"], tc["ncc_window"],
-                                        tc["jac_param"])
+        self.loss_fn = RegistrationLoss.from_config(tc)
         if self.loss_fn.uses_labels and (self.train.labels is None or not bool(self.train.has_labels.all())):
             raise ConfigError("train_config.seg_param > 0 needs a label map for every training subject; "
                               "set seg_param to 0 or use a label scheme the data has")

@@ -42,6 +42,12 @@ class RegistrationLoss:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"{key} must be a non-negative number, got {value!r}")
 
+    @classmethod
+    def from_config(cls, train_config):
+        """The objective a ``train_config`` section describes (keys absent from it keep their defaults)."""
+        return cls(**{k: train_config[k] for k in ("similarity", "reg_param", "seg_param", "ncc_window", "jac_param")
+                      if k in train_config})
+
     @property
     def uses_labels(self):
         return self.seg_param > 0

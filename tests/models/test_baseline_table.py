@@ -15,7 +15,16 @@ def test_every_baseline_preset_is_listed(readme_counts):
                 assert (name, preset, dim) in readme_counts, f"README.md must list {name}/{preset} {dim}D"
 
 
-@pytest.mark.parametrize("preset, dim", [("small", 2), ("3d", 3)])
-def test_plain_fno_counts(preset, dim, readme_counts):
-    count = count_parameters(build_model("fno", {"preset": preset}, dim))
-    assert readme_counts.get(("fno", preset, dim)) == count
+BASELINE_PRESETS = [("fno", "small", 2), ("fno", "3d", 3)] + [
+    (name, preset, dim)
+    for name, presets in (("voxelmorph", ("vxm1", "vxm2", "huge", "large")), ("fouriernet", ("c16", "c32")),
+                          ("transmorph", ("base", "small", "3stage")))
+    for preset in presets for dim in (2, 3)]
+
+
+@pytest.mark.parametrize("name, preset, dim", BASELINE_PRESETS)
+def test_parameter_count_matches_readme(name, preset, dim, readme_counts):
+    count = count_parameters(build_model(name, {"preset": preset}, dim))
+    key = (name, preset, dim)
+    assert key in readme_counts, f"README.md must list {name}/{preset} {dim}D ({count:,} parameters)"
+    assert readme_counts[key] == count
