@@ -45,9 +45,11 @@ def test_zero_velocity_gives_the_identity(dim):
     assert torch.count_nonzero(out) == 0
 
 
+@pytest.mark.parametrize("odd", [False, True])
 @pytest.mark.parametrize("dim", [2, 3])
-def test_smooth_velocity_gives_no_folding(dim):
-    velocity = smooth_velocity(SHAPES[dim], 0.5)
+def test_smooth_velocity_gives_no_folding(dim, odd):
+    shape = tuple(n + 1 for n in SHAPES[dim]) if odd else SHAPES[dim]
+    velocity = smooth_velocity(shape, 0.5)
     # The velocity itself, used as a displacement, folds; its exponential does not.
     assert (jacobian_determinant(velocity) <= 0).any()
     flow = ScalingSquaring(7)(velocity)
