@@ -38,13 +38,15 @@ VARIANTS = {
     "band_limit + diffeomorphic": {"model_config": {"band_limit": True, "diffeomorphic": True}},
     "band_limit + jac_param 1": {"model_config": {"band_limit": True}, "train_config": {"jac_param": 1.0}},
     "ffc_fft_norm forward + band_limit": {"model_config": {"band_limit": True, "ffc_fft_norm": "forward"}},
+    "fold_repair": {"model_config": {"fold_repair": True}},
+    "diffeomorphic + fold_repair": {"model_config": {"diffeomorphic": True, "fold_repair": True}},
 }
 
 
 def variant_config(base, changes, train_size):
     cfg = json.loads(json.dumps(base))
     # The study's baseline is the published recipe: every option off unless the variant sets it.
-    cfg["model_config"].update(band_limit=False, diffeomorphic=False)
+    cfg["model_config"].update(band_limit=False, diffeomorphic=False, fold_repair=False)
     for section, values in changes.items():
         cfg[section].update(values)
     if not cfg["train_config"].get("multires"):

@@ -9,12 +9,11 @@ under one pixel at the border.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from utils.errors import ConfigError, ShapeError
+from utils.smoothing import gaussian_smooth
 
 
 def shape_for_size(size: int, full_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -64,24 +63,7 @@ def gaussian_blur(x: torch.Tensor, sigma: float | tuple[float, ...]) -> torch.Te
         Blurred tensor of the same shape; borders are zero-padded (brain images sit on a zero
         background, so the border stays dark as it should).
     """
-    n_spatial = x.dim() - 2
-    sigmas = (sigma,) * n_spatial if isinstance(sigma, (int, float)) else tuple(sigma)
-    for axis, s in enumerate(sigmas):
-        if s <= 0:
-            continue
-        radius = max(1, math.ceil(3 * s))
-        t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-        weights = torch.exp(-0.5 * (t / s) ** 2)
-        weights = (weights / weights.sum()).tolist()
-        # A weighted sum of shifted copies: cheaper than conv1d over millions of short lines.
-        dim, length = axis + 2, x.shape[axis + 2]
-        pad = [0, 0] * (n_spatial - 1 - axis) + [radius, radius]
-        padded = F.pad(x, pad)
-        out = padded.narrow(dim, 0, length) * weights[0]
-        for k in range(1, len(weights)):
-            out = out.add_(padded.narrow(dim, k, length), alpha=weights[k])
-        x = out
-    return x
+    return gaussian_smooth(x, sigma, padding="zeros")
 
 
 def resize_images(x: torch.Tensor, shape: tuple[int, ...], antialias: bool = False,

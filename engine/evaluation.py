@@ -363,7 +363,7 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
         context["refine_loss"] = {k: getattr(loss, k) for k in ("similarity", "reg_param", "jac_param", "ncc_window")}
 
     def refiner(moving, fixed, flow):
-        return refine_field(moving, fixed, flow, refine, loss, refine_lr)
+        return refine_field(moving, fixed, flow, refine, loss, refine_lr, repair=getattr(model, "fold_repair", False))
     shapes = evaluation_shapes(sizes, data.shape)
     if hasattr(model, "check_input_shape"):  # every size is checked before any output is written
         for _, shape in shapes:

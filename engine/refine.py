@@ -17,6 +17,7 @@ import torch
 
 from losses import RegistrationLoss
 from models import warp
+from models.foldrepair import repair_folds
 from utils.fields import to_normalised_units, to_pixel_units
 
 #: Folding weight used in refinement when the training objective had none (jac_param = 0):
@@ -46,7 +47,7 @@ def refine_loss(loss_fn=None):
     return dataclasses.replace(loss_fn, seg_param=0.0, jac_param=jac)
 
 
-def refine_field(moving, fixed, flow, steps, loss_fn=None, lr=DEFAULT_REFINE_LR):
+def refine_field(moving, fixed, flow, steps, loss_fn=None, lr=DEFAULT_REFINE_LR, repair=False):
     """Refine a displacement for its own pair by ``steps`` Adam steps.
 
     Parameters
@@ -61,6 +62,9 @@ def refine_field(moving, fixed, flow, steps, loss_fn=None, lr=DEFAULT_REFINE_LR)
         Objective, as made by :func:`refine_loss`.
     lr : float
         Adam learning rate in pixels.
+    repair : bool
+        Repair the refined field where it still folds (:func:`models.foldrepair.repair_folds`, on
+        the displacement), as a model with ``fold_repair`` does with its own field.
 
     Returns
     -------
@@ -85,4 +89,5 @@ def refine_field(moving, fixed, flow, steps, loss_fn=None, lr=DEFAULT_REFINE_LR)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
-        return to_normalised_units(pixels.detach())
+    refined = to_normalised_units(pixels.detach())
+    return repair_folds(refined)[0] if repair else refined

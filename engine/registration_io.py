@@ -262,7 +262,8 @@ def register_files(exp_num, dim, moving, fixed, out, moving_seg=None, fixed_seg=
             network = {"folding_percent": float(folding_percent(flow)[0]), "seconds_forward_warp": seconds}
             started = time.perf_counter()
             network_flow = flow
-            flow = refine_field(net_moving, net_fixed, flow, refine, _refine_loss(folder), refine_lr)
+            flow = refine_field(net_moving, net_fixed, flow, refine, _refine_loss(folder), refine_lr,
+                                repair=getattr(model, "fold_repair", False))
             seconds_refine = time.perf_counter() - started
         warped = warp(moving_t, flow)  # the moving image's own intensities, even with --rescale
         jac = jacobian_determinant(flow)

@@ -1,0 +1,78 @@
+"""Local fold repair: smooth a predicted field only where its map folds, until it folds nowhere.
+
+A network's field can fold on a handful of pixels while being right everywhere else: FNOReg
+trained at 80x96 and run at 160x192 predicts a sharper velocity than it was trained to produce
+(its pointwise paths see the finer input's edges), and about 9 of 30,720 pixels per pair fold
+after integration (README, transfer study). Smoothing the whole field removes them but blurs the
+rest too: a Gaussian of 0.75 px cost 0.009 Dice, the exact band limit 0.007. Here only the
+neighbourhood of the folds is smoothed:
+
+1. ``phi = id + integrate(v)``; find the pixels with Jacobian determinant ``J <= 0``
+   (:func:`utils.fields.jacobian_determinant`, the evaluation's own definition of folding);
+2. dilate them by ``radius`` pixels and soften the mask's edge (a Gaussian of ``radius / 2``),
+   so the repaired field stays smooth across the mask's border;
+3. ``v <- v + mask * (G_sigma * v - v)``: inside the mask the field moves to its own local
+   average, outside it is untouched;
+4. repeat until nothing folds or ``max_passes`` is reached.
+
+A field that does not fold is returned unchanged (bit for bit), so on a clean prediction the
+repair costs one Jacobian. Smoothing a velocity reduces its local gradient, which is what makes
+the integrated map fold; for a plain displacement model (``integrate`` the identity) the
+displacement itself is smoothed, which removes folds the same way but may need more passes.
+Smoothing uses the border value beyond the image (``replicate``): a field does not vanish there.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from utils.fields import check_field, jacobian_determinant
+from utils.smoothing import gaussian_smooth
+
+SIGMA = 1.0  # pixels: the smallest width that removed every fold in the study's test pairs in one pass
+RADIUS = 2  # pixels around each folded pixel that are smoothed
+MAX_PASSES = 10
+
+
+def _dilate(mask, radius):
+    pool = F.max_pool2d if mask.dim() == 4 else F.max_pool3d
+    return pool(mask, 2 * radius + 1, stride=1, padding=radius)
+
+
+def repair_folds(field, integrate=None, sigma=SIGMA, radius=RADIUS, max_passes=MAX_PASSES):
+    """Smooth ``field`` around the pixels where its map folds, until none does.
+
+    Parameters
+    ----------
+    field : torch.Tensor
+        (B, d, *spatial) velocity (with ``integrate``) or displacement, normalised coordinates.
+    integrate : callable, optional
+        Velocity -> displacement (:class:`models.integrate.ScalingSquaring`); None: ``field`` is
+        the displacement.
+    sigma : float
+        Width in pixels of the Gaussian that smooths the field inside the mask.
+    radius : int
+        Pixels around each folded pixel that are smoothed.
+    max_passes : int
+        Most repair passes; the field of the last pass is returned even if it still folds.
+
+    Returns
+    -------
+    displacement : torch.Tensor
+        (B, d, *spatial) displacement of the repaired field.
+    passes : int
+        Repair passes taken (0: nothing folded).
+    """
+    check_field(field, "field")
+    integrate = integrate if integrate is not None else (lambda v: v)
+    for passes in range(max_passes + 1):
+        flow = integrate(field)
+        folded = (jacobian_determinant(flow) <= 0).unsqueeze(1)
+        if passes == max_passes or not bool(folded.any()):
+            return flow, passes
+        mask = gaussian_smooth(_dilate(folded.to(field.dtype), radius), radius / 2).clamp_(0, 1)
+        # Pairs that do not fold keep their field exactly (their mask is zero).
+        field = field + mask * (gaussian_smooth(field, sigma, padding="replicate") - field)
+    return flow, passes
+
+
+__all__ = ["repair_folds"]
