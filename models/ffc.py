@@ -13,7 +13,7 @@ from torch import nn
 from utils.errors import ConfigError
 
 from .fft import rfft
-from .nd import batch_norm, conv
+from .nd import batch_norm, conv, conv_with
 
 FFT_NORMS = ("ortho", "forward", "backward")
 
@@ -50,6 +50,51 @@ def resolve_fft_axes(fft_axes, dim):
     return tuple(a - dim for a in spatial)
 
 
+def folded_conv(layer, bn, x):
+    """``bn(layer(x))`` as one convolution when ``bn`` normalises with its running statistics.
+
+    In evaluation a batch norm is an affine map per channel, so it folds into the convolution
+    before it (weights scaled, bias shifted; a few hundred numbers), which saves a pass over the
+    activations. Returns None when ``bn`` would use batch statistics (training mode, or no
+    running statistics), so the caller runs the two layers as they are.
+
+    Parameters
+    ----------
+    layer : torch.nn.Module
+        A convolution (``weight`` of shape (C_out, C_in, ...), optional ``bias``).
+    bn : torch.nn.modules.batchnorm._BatchNorm
+        Batch norm over the C_out channels of ``layer``'s output.
+    x : torch.Tensor
+        Input of ``layer``.
+
+    Returns
+    -------
+    torch.Tensor or None
+        Equal to ``bn(layer(x))`` up to float rounding, or None.
+    """
+    # F.batch_norm's own rule: batch statistics in training, or when none are tracked.
+    if bn.training or bn.running_mean is None or bn.running_var is None:
+        return None
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale if layer.bias is None else (layer.bias - bn.running_mean) * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    weight = layer.weight * scale.view(-1, *[1] * (layer.weight.ndim - 1))
+    return conv_with(layer, x, weight, shift)
+
+
+def _relu(x):
+    """ReLU of a fresh intermediate ``x``: in place when autograd is off (saves a copy)."""
+    return x.relu_() if not torch.is_grad_enabled() else F.relu(x)
+
+
+def _add(x, y):
+    """``x + y``, written into ``x`` (a fresh intermediate) when autograd is off."""
+    return x.add_(y) if not torch.is_grad_enabled() else x + y
+
+
 class FourierUnit(nn.Module):
     """Pointwise convolution in the frequency domain.
 
@@ -73,7 +118,8 @@ class FourierUnit(nn.Module):
         if len(self.axes) > 1:
             spec = torch.fft.fftn(spec, dim=self.axes[:-1], norm=self.fft_norm)
         y = torch.cat([spec.real, spec.imag], dim=1)
-        y = F.relu(self.bn(self.conv(y)))
+        folded = folded_conv(self.conv, self.bn, y)
+        y = F.relu(self.bn(self.conv(y))) if folded is None else _relu(folded)
         real, imag = y.chunk(2, dim=1)
         return torch.fft.irfftn(torch.complex(real, imag), s=sizes, dim=self.axes, norm=self.fft_norm)
 
@@ -91,9 +137,20 @@ class SpectralTransform(nn.Module):
         self.fourier = FourierUnit(dim, hidden, fft_axes, fft_norm)
         self.expand = conv(dim, hidden, out_channels, 1, bias=False)
 
-    def forward(self, x):
-        z = self.reduce(x)
-        return self.expand(self.fourier(z) + z)
+    def forward(self, x, bn=None):
+        """``expand(fourier(z) + z)`` with ``z = reduce(x)``; ``bn``: a batch norm to apply last.
+
+        With ``bn`` the result is ``bn(...)``; in evaluation the batch norms fold into the 1x1
+        convolutions before them (:func:`folded_conv`).
+        """
+        conv_in, bn_in, _ = self.reduce
+        z = folded_conv(conv_in, bn_in, x)
+        z = self.reduce(x) if z is None else _relu(z)
+        y = _add(self.fourier(z), z)
+        if bn is None:
+            return self.expand(y)
+        out = folded_conv(self.expand, bn, y)
+        return bn(self.expand(y)) if out is None else out
 
 
 def split_channels(channels, alpha):
@@ -147,6 +204,10 @@ class FFC(nn.Module):
         ):
             if bn is None:
                 continue
+            if from_local is None and isinstance(from_global, SpectralTransform):
+                # Global path only (alpha = 1): the batch norm can fold into its last convolution.
+                outputs.append(_relu(from_global(x_global, bn=bn)))
+                continue
             y = self._sum(apply(from_local, x_local), apply(from_global, x_global))
             outputs.append(F.relu(bn(y)))
         return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
@@ -161,4 +222,4 @@ class FFCResidualBlock(nn.Module):
         self.ffc2 = FFC(dim, channels, channels, alpha, fft_axes, fft_norm)
 
     def forward(self, x):
-        return x + self.ffc2(self.ffc1(x))
+        return _add(self.ffc2(self.ffc1(x)), x)

@@ -69,6 +69,29 @@ class PointwiseConv3d(_PointwiseMixin, nn.Conv3d):
 _POINTWISE = {2: PointwiseConv2d, 3: PointwiseConv3d}
 
 
+def conv_with(layer, x, weight, bias):
+    """Run convolution ``layer`` on ``x`` with other ``weight`` and ``bias`` (e.g. folded ones).
+
+    Parameters
+    ----------
+    layer : torch.nn.modules.conv._ConvNd
+        Supplies stride, padding, dilation and groups (and the CPU matrix-product path of a
+        :class:`PointwiseConv2d` / :class:`PointwiseConv3d`).
+    x : torch.Tensor
+        Input.
+    weight, bias : torch.Tensor
+        Of the shapes of ``layer.weight`` and ``layer.bias``; ``bias`` may be None.
+
+    Returns
+    -------
+    torch.Tensor
+        ``layer``'s convolution of ``x`` with these parameters.
+    """
+    if isinstance(layer, _PointwiseMixin) and x.device.type == "cpu":
+        return pointwise(x, weight, bias)
+    return layer._conv_forward(x, weight, bias)
+
+
 def conv(dim, in_channels, out_channels, kernel_size=1, bias=True, stride=1, padding=None):
     """A ``dim``-D convolution; ``padding`` defaults to 'same' for odd kernels (halving with ``stride=2``).
 

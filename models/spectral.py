@@ -95,6 +95,14 @@ def contract_real(x, weight, c_out):
     return y.permute(1, 2, 0).reshape(batch, c_out, *modes)
 
 
+def _dc_gain(sizes, norm):
+    """Zero-frequency coefficient whose inverse transform (``norm``) is 1 on every sample."""
+    n = 1
+    for size in sizes:
+        n *= size
+    return {"forward": 1.0, "ortho": n**0.5, "backward": float(n)}[norm or "backward"]
+
+
 class SpectralConv(_SpectralConv):
     """``neuralop.layers.spectral_convolution.SpectralConv`` with a forward pass right at odd sizes.
 
@@ -151,8 +159,12 @@ class SpectralConv(_SpectralConv):
         return super()._load_from_state_dict(*args, **kwargs)
 
     # -- forward -----------------------------------------------------------------------------
-    def forward(self, x, output_shape=None):
-        """Spectral convolution of ``x`` (B, C_in, *spatial) -> (B, C_out, *spatial), real."""
+    def forward(self, x, output_shape=None, offset=None):
+        """Spectral convolution of ``x`` (B, C_in, *spatial) -> (B, C_out, *spatial), real.
+
+        ``offset``, a (C_out,) tensor, is added to every output sample through the
+        zero-frequency coefficient: the same sum up to rounding, without a pass over the output.
+        """
         if output_shape is not None and tuple(output_shape) != tuple(x.shape[2:]):
             raise NotImplementedError("models.spectral.SpectralConv does not resample (output_shape)")
         *lead, last = range(x.ndim - self.order, x.ndim)
@@ -163,16 +175,19 @@ class SpectralConv(_SpectralConv):
         # Real FFT along the last axis, keeping only the kept non-negative frequencies.
         width = min(kept[-1], sizes[-1] // 2 + 1)
         z = rfft(x, dim=last, norm=self.fft_norm, width=width)
-        slices, indices = [], []
+        slices, indices, zero = [], [], []
         for axis, size, k, m in zip(lead, sizes, kept, stored):
             low, high = kept_frequencies(size, k)
             index = _mode_index(low, high, size, x.device)
             z = torch.fft.fft(z, dim=axis, norm=self.fft_norm).index_select(axis, index)
             slices.append(slice(m // 2 + low, m // 2 + high + 1))
             indices.append(index)
+            zero.append(-low)  # where frequency 0 lands among the kept ones
         slices.append(slice(0, width))
 
         y = contract_real(z, self._real_weight(tuple(slices)), self.out_channels)
+        if offset is not None:
+            y[(slice(None), slice(None), *zero, 0)] += offset * _dc_gain(sizes, self.fft_norm)
 
         # Inverse: scatter the kept modes back to their bins, transform only what is non-zero.
         for axis, size, index in reversed(list(zip(lead, sizes, indices))):

@@ -1,9 +1,12 @@
 """FFC blocks: the alpha split, FFT-axis switch, and resolution independence."""
 
+import copy
+
 import pytest
 import torch
 
-from models.ffc import FFC, FFCResidualBlock, FourierUnit, resolve_fft_axes
+from models.ffc import FFC, FFCResidualBlock, FourierUnit, SpectralTransform, folded_conv, resolve_fft_axes
+from models.nd import conv
 from utils.errors import ConfigError
 
 
@@ -54,3 +57,108 @@ def test_block_runs_at_any_resolution(dim):
     for n in (8, 13):
         x = torch.randn(1, 4, *([n] * dim))
         assert block(x).shape == x.shape
+
+
+# -- evaluation: batch norms folded into the convolutions before them --------------------------
+
+
+def _randomise_batch_norms(module, seed=0):
+    """Running statistics and affine parameters away from their initial values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for bn in module.modules():
+            if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+                bn.running_mean.normal_(0, 0.5, generator=g)
+                bn.running_var.uniform_(0.5, 2.0, generator=g)
+                if bn.affine:
+                    bn.weight.normal_(1, 0.3, generator=g)
+                    bn.bias.normal_(0, 0.3, generator=g)
+    return module
+
+
+def _unit_reference(unit, x):
+    """FourierUnit's forward as it was before the folding: each layer on its own, as in training."""
+    sizes = [x.shape[a] for a in unit.axes]
+    spec = torch.fft.rfft(x, dim=unit.axes[-1], norm=unit.fft_norm)
+    if len(unit.axes) > 1:
+        spec = torch.fft.fftn(spec, dim=unit.axes[:-1], norm=unit.fft_norm)
+    y = torch.cat([spec.real, spec.imag], dim=1)
+    y = torch.relu(unit.bn(unit.conv(y)))
+    real, imag = y.chunk(2, dim=1)
+    return torch.fft.irfftn(torch.complex(real, imag), s=sizes, dim=unit.axes, norm=unit.fft_norm)
+
+
+def _transform_reference(st, x):
+    conv_in, bn_in, _ = st.reduce
+    z = torch.relu(bn_in(conv_in(x)))
+    return st.expand(_unit_reference(st.fourier, z) + z)
+
+
+def _ffc_reference(ffc, x):
+    x_local, x_global = x[:, : ffc.in_local], x[:, ffc.in_local :]
+    outputs = []
+    for bn, from_local, from_global in (
+        (ffc.bn_local, ffc.local_to_local, ffc.global_to_local),
+        (ffc.bn_global, ffc.local_to_global, ffc.global_to_global),
+    ):
+        if bn is None:
+            continue
+        terms = []
+        if from_local is not None:
+            terms.append(from_local(x_local))
+        if isinstance(from_global, SpectralTransform):
+            terms.append(_transform_reference(from_global, x_global))
+        elif from_global is not None:
+            terms.append(from_global(x_global))
+        outputs.append(torch.relu(bn(sum(terms[1:], terms[0]))))
+    return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+
+
+def _block_reference(block, x):
+    return x + _ffc_reference(block.ffc2, _ffc_reference(block.ffc1, x))
+
+
+@pytest.mark.parametrize("dim, shape", [(2, (12, 16)), (2, (11, 13)), (3, (6, 8, 10)), (3, (5, 7, 9))])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_eval_block_matches_unfolded_batch_norms(dim, shape, batch, alpha):
+    torch.manual_seed(0)
+    block = _randomise_batch_norms(FFCResidualBlock(dim, 8, alpha=alpha)).eval()
+    x = torch.randn(batch, 8, *shape)
+    with torch.no_grad():
+        expected = _block_reference(block, x)
+    with torch.inference_mode():
+        fast = block(x)
+    torch.testing.assert_close(fast, expected)
+    # Eval with autograd on (no in-place shortcuts) computes the same, and differentiates.
+    x.requires_grad_(True)
+    out = block(x)
+    torch.testing.assert_close(out.detach(), expected)
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("dim, shape", [(2, (12, 16)), (2, (11, 13)), (3, (5, 7, 9))])
+def test_training_mode_is_unchanged(dim, shape):
+    torch.manual_seed(0)
+    block = _randomise_batch_norms(FFCResidualBlock(dim, 8)).train()
+    reference = copy.deepcopy(block)
+    x = torch.randn(2, 8, *shape)
+    out = block(x)
+    expected = _block_reference(reference, x)
+    # Same operations in the same order: bit for bit, and the same running statistics after.
+    assert torch.equal(out, expected)
+    for a, b in zip(block.buffers(), reference.buffers()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_folded_conv_follows_batch_norm_semantics(affine):
+    torch.manual_seed(0)
+    layer = conv(2, 6, 4, 1, bias=True)
+    bn = _randomise_batch_norms(torch.nn.BatchNorm2d(4, affine=affine, eps=1e-3)).eval()
+    x = torch.randn(2, 6, 7, 9)
+    torch.testing.assert_close(folded_conv(layer, bn, x), bn(layer(x)))
+    assert folded_conv(layer, bn.train(), x) is None  # batch statistics: nothing to fold
+    untracked = torch.nn.BatchNorm2d(4, track_running_stats=False).eval()
+    assert folded_conv(layer, untracked, x) is None  # eval without running stats uses the batch's

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from models import FNOReg, build_model, count_parameters, warp
+from models.fnoreg import FourierLayer
+from tests.models.test_ffc import _block_reference, _randomise_batch_norms
 from utils.errors import ShapeError
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -213,3 +215,45 @@ def test_checkpointing_gives_the_same_loss_and_gradients():
         torch.testing.assert_close(a, b)
     for a, b in zip(plain.buffers(), ckpt.buffers()):  # batch-norm statistics updated once
         torch.testing.assert_close(a, b)
+
+
+def _layer_reference(layer, x):
+    """FourierLayer's formula, each term on its own: ``GELU(K(x) + W(x)) [+ x]``."""
+    y = torch.nn.functional.gelu(layer.spectral(x) + layer.pointwise(x))
+    return y + x if layer.residual else y
+
+
+@pytest.mark.parametrize("dim, shape", [(2, (20, 24)), (2, (21, 23)), (3, (8, 10, 12)), (3, (7, 9, 11))])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("residual", [True, False])
+def test_fourier_layer_inference_matches_its_formula(dim, shape, batch, residual):
+    torch.manual_seed(0)
+    layer = FourierLayer(dim, 6, [8] * dim, residual=residual).eval()
+    torch.nn.init.normal_(layer.pointwise.bias)  # non-zero, so its route through frequency 0 counts
+    x = torch.randn(batch, 6, *shape)
+    with torch.no_grad():
+        expected = _layer_reference(layer, x)
+    with torch.inference_mode():
+        fast = layer(x)
+    torch.testing.assert_close(fast, expected)
+    # With autograd on (training, or evaluation with gradients) the formula runs as written.
+    assert torch.equal(layer.train()(x), _layer_reference(layer, x))
+
+
+@pytest.mark.parametrize("dim, shape", [(2, (40, 48)), (2, (41, 47)), (3, (12, 14, 16)), (3, (13, 15, 17))])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_inference_matches_the_model_written_out(dim, shape, batch):
+    """The whole network in inference (folded batch norms, fused layers) against its formula."""
+    torch.manual_seed(0)
+    n_modes = [8, 10] if dim == 2 else [6, 8, 8]
+    model = _randomise_batch_norms(FNOReg(dim, 8, 16, 2, n_modes, head_init="default")).eval()
+    moving, fixed = torch.rand(2, batch, 1, *shape)
+    with torch.no_grad():
+        x = model.lifting(torch.cat([moving, fixed], dim=1))
+        x = _block_reference(model.encoder, x)
+        for layer in model.layers:
+            x = _layer_reference(layer, x)
+        expected = model.projection(_block_reference(model.decoder, x))
+    with torch.inference_mode():
+        fast = model(moving, fixed)
+    torch.testing.assert_close(fast, expected)

@@ -158,3 +158,16 @@ def test_writes_through_data_between_blocks_are_seen():
         ref.load_state_dict(ours.state_dict())
         torch.testing.assert_close(after, ref(x), rtol=1e-4, atol=1e-5)
     assert not torch.allclose(before, after)
+
+
+@pytest.mark.parametrize("norm", ["forward", "ortho", "backward"])
+@pytest.mark.parametrize("shape, n_modes", [((20, 24), (8, 10)), ((21, 23), (8, 10)), ((7, 9, 11), (6, 8, 8)), ((6, 8), (8, 10))])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_offset_rides_on_the_zero_frequency(norm, shape, n_modes, batch):
+    torch.manual_seed(0)
+    layer = SpectralConv(3, 5, n_modes, bias=False, factorization="tucker", rank=0.42, fft_norm=norm)
+    x = torch.randn(batch, 3, *shape)
+    offset = torch.randn(5)
+    with torch.no_grad():
+        expected = layer(x) + offset.view(-1, *[1] * len(shape))
+        torch.testing.assert_close(layer(x, offset=offset), expected)
