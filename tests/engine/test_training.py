@@ -241,12 +241,12 @@ def test_validation_uses_the_weight_cache_and_frees_it(tmp_path, exp_root, monke
     from models.spectral import SpectralConv
 
     seen = {"enabled": [], "after": []}
-    original_weight = SpectralConv._real_weight
+    original_weight = SpectralConv._weight
 
-    def recording(self, slices):
+    def recording(self, slices, *args):
         if not torch.is_grad_enabled():
             seen["enabled"].append(self._cache_enabled)
-        return original_weight(self, slices)
+        return original_weight(self, slices, *args)
 
     def wrap(method):
         def run(self, *args):
@@ -256,7 +256,7 @@ def test_validation_uses_the_weight_cache_and_frees_it(tmp_path, exp_root, monke
             return out
         return run
 
-    monkeypatch.setattr(SpectralConv, "_real_weight", recording)
+    monkeypatch.setattr(SpectralConv, "_weight", recording)
     monkeypatch.setattr(TrainingLoop, "_validate", wrap(TrainingLoop._validate))
     monkeypatch.setattr(TrainingLoop, "_log_panel", wrap(TrainingLoop._log_panel))
     assert train("--config_file", write_config(tmp_path, train_config={"epochs": 2})) == 0

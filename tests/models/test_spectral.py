@@ -9,6 +9,7 @@ import pytest
 import torch
 from neuralop.layers.spectral_convolution import SpectralConv as NeuralopSpectralConv
 
+from models import spectral
 from models.spectral import SpectralConv, clear_weight_caches, weight_cache
 
 
@@ -171,3 +172,17 @@ def test_offset_rides_on_the_zero_frequency(norm, shape, n_modes, batch):
     with torch.no_grad():
         expected = layer(x) + offset.view(-1, *[1] * len(shape))
         torch.testing.assert_close(layer(x, offset=offset), expected)
+
+
+@pytest.mark.parametrize("shape, n_modes", [((20, 24), (8, 10)), ((21, 23), (8, 10)), ((7, 9, 11), (6, 8, 8))])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_complex_contraction_in_inference_matches_training_path(monkeypatch, shape, n_modes, batch):
+    _, ours = _pair("tucker", n_modes)
+    x = torch.randn(batch, 3, *shape)
+    expected = ours(x).detach()  # autograd on: the real contraction
+    monkeypatch.setattr(spectral, "COMPLEX_MIN_BYTES", 0)  # every weight takes the complex path
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(x), expected)
+        with weight_cache(ours):
+            torch.testing.assert_close(ours(x), expected)
+            assert ours._cache[1].is_complex()  # cached in the layout it is used in
