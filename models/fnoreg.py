@@ -128,7 +128,8 @@ class FNOReg(nn.Module):
         at in training mode (zeros: never trained; then nothing is filtered).
     diffeomorphic : bool
         The head predicts a stationary velocity, integrated by scaling and squaring
-        (:class:`models.integrate.ScalingSquaring`) into the returned displacement. With
+        (:class:`models.integrate.ScalingSquaring`, reading the border displacement outside the
+        image) into the returned displacement. With
         ``band_limit`` the velocity is band-limited before integration.
     integration_steps : int
         Scaling-and-squaring steps when ``diffeomorphic`` (7: the first step stays under half a
@@ -190,7 +191,9 @@ class FNOReg(nn.Module):
         self.band_limit = band_limit
         self.fold_repair = fold_repair
         self.checkpointing = checkpointing
-        self.integrate = ScalingSquaring(_positive_int(integration_steps, "integration_steps")) if diffeomorphic else None
+        # Border padding: zero padding folds the integrated map along the image border (models/integrate.py).
+        self.integrate = (ScalingSquaring(_positive_int(integration_steps, "integration_steps"), padding="border")
+                          if diffeomorphic else None)
         # Largest shape seen in training mode; saved with the weights, so a checkpoint knows it.
         self.register_buffer("trained_shape", torch.zeros(dim, dtype=torch.long))
 
@@ -245,19 +248,12 @@ class FNOReg(nn.Module):
                 x = checkpoint(layer, x, use_reentrant=False)
             else:
                 x = layer(x)
-        flow = self._project(self.decoder(x))
+        flow = self.projection(self.decoder(x))
         if self.band_limit and not self.training:
             flow = _band_limit(flow, self.trained_shape.tolist())
         if self.fold_repair and not self.training:
             return repair_folds(flow, self.integrate)[0]
         return self.integrate(flow) if self.integrate is not None else flow
-
-    def _project(self, x):
-        if torch.is_grad_enabled():
-            return self.projection(x)
-        # Inference: the hidden ReLU in place (its input is a fresh P-channel tensor).
-        first, _, last = self.projection
-        return last(first(x).relu_())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Checkpoints written before the model recorded its training shape: keep "unknown" (zeros).

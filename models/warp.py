@@ -30,7 +30,7 @@ def identity_grid(shape, device=None, dtype=torch.float32):
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
 
 
-def warp(image, flow, mode="bilinear"):
+def warp(image, flow, mode="bilinear", padding="zeros"):
     """Pull-warp ``image`` by the displacement ``flow``: ``out(x) = image(x + flow(x))``.
 
     Parameters
@@ -43,11 +43,15 @@ def warp(image, flow, mode="bilinear"):
         (a batch of 1 on either side is broadcast).
     mode : {"bilinear", "trilinear", "linear", "nearest"}
         Interpolation for floating-point images ("bilinear" means trilinear in 3D).
+    padding : {"zeros", "border"}
+        What a sample outside the image reads: zero (an image on a dark background), or the
+        nearest border value (a displacement field, which does not vanish at the border).
 
     Returns
     -------
     torch.Tensor
-        The warped image, same shape and dtype as ``image``; zeros where the sample falls outside.
+        The warped image, same shape and dtype as ``image``; zeros (or the border value) where the
+        sample falls outside.
     """
     d = check_field(flow)
     check_spatial(image, "image", d)
@@ -58,6 +62,8 @@ def warp(image, flow, mode="bilinear"):
         )
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
+    if padding not in ("zeros", "border"):
+        raise ValueError(f"padding must be 'zeros' or 'border', got {padding!r}")
     batch = max(image.shape[0], flow.shape[0])
     if image.shape[0] not in (1, batch) or flow.shape[0] not in (1, batch):
         raise ShapeError(f"image batch {image.shape[0]} and field batch {flow.shape[0]} do not match")
@@ -69,7 +75,7 @@ def warp(image, flow, mode="bilinear"):
     # grid_sample wants (B, *spatial, d) with the coordinate of the *last* axis first.
     grid = grid.movedim(1, -1).flip(-1).expand(batch, *([-1] * (d + 1)))
     out = F.grid_sample(
-        src.expand(batch, *src.shape[1:]), grid, mode=sample_mode, padding_mode="zeros", align_corners=True
+        src.expand(batch, *src.shape[1:]), grid, mode=sample_mode, padding_mode=padding, align_corners=True
     )
     return out.round().to(image.dtype) if integer else out
 

@@ -121,3 +121,29 @@ def test_composition_with_the_inverse_velocity_map_is_the_identity(dim):
     assert largest > 3  # pixels: a large deformation
     assert to_pixel_units(composed).abs().max() < 0.05 * largest
     assert (jacobian_determinant(forward) > 0).all()
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_border_padding_integrates_a_translation_exactly(dim):
+    shape = tuple(n + 1 for n in SHAPES[dim])  # odd sizes
+    velocity = torch.zeros(1, dim, *shape)
+    velocity[:, 0] = 0.1  # 5 % of the image along axis 0, everywhere
+    border = ScalingSquaring(7, padding="border")(velocity)
+    torch.testing.assert_close(border, velocity)
+    # Zero padding: points carried outside stop moving, so the map breaks near the border.
+    zeros = ScalingSquaring(7)(velocity)
+    assert (zeros - velocity).abs().max() > 0.01
+    assert (jacobian_determinant(border) > 0).all()
+
+
+def test_padding_is_validated():
+    with pytest.raises(ConfigError, match="padding"):
+        ScalingSquaring(7, padding="reflect")
+
+
+def test_fnoreg_integrates_with_border_padding_and_fourier_net_diff_as_published():
+    from models import FNOReg, FourierNet
+    fnoreg = FNOReg(dim=2, hidden_channels=4, projection_channels=4, n_layers=1, n_modes=[4, 4], diffeomorphic=True)
+    assert fnoreg.integrate.padding == "border"
+    fourier_net = FourierNet(dim=2, start_channels=4, diffeomorphic=True)
+    assert fourier_net.output.integrate.padding == "zeros"

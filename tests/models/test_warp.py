@@ -93,3 +93,15 @@ def test_batch_of_one_broadcasts():
 def test_bad_shapes_are_named(image, flow, message):
     with pytest.raises(ShapeError, match=message):
         warp(image, flow)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_border_padding_reads_the_border_value(dim):
+    shape = (6, 7, 8)[:dim]
+    image = torch.full((1, 1, *shape), 2.0)
+    flow = torch.zeros(1, dim, *shape)
+    flow[:, 0] = 1.0  # half the image: the lower half samples outside
+    assert warp(image, flow).min() == 0
+    torch.testing.assert_close(warp(image, flow, padding="border"), image)
+    with pytest.raises(ValueError, match="padding"):
+        warp(image, flow, padding="reflection")
