@@ -248,12 +248,19 @@ class FNOReg(nn.Module):
                 x = checkpoint(layer, x, use_reentrant=False)
             else:
                 x = layer(x)
-        flow = self.projection(self.decoder(x))
+        flow = self._project(self.decoder(x))
         if self.band_limit and not self.training:
             flow = _band_limit(flow, self.trained_shape.tolist())
         if self.fold_repair and not self.training:
             return repair_folds(flow, self.integrate)[0]
         return self.integrate(flow) if self.integrate is not None else flow
+
+    def _project(self, x):
+        if torch.is_grad_enabled():
+            return self.projection(x)
+        # Inference: the hidden ReLU in place (its input is a fresh P-channel tensor).
+        first, _, last = self.projection
+        return last(first(x).relu_())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Checkpoints written before the model recorded its training shape: keep "unknown" (zeros).
