@@ -113,15 +113,40 @@ class FourierUnit(nn.Module):
 
     def forward(self, x):
         sizes = [x.shape[a] for a in self.axes]
+        n = len(self.axes)
+        if not torch.is_grad_enabled() and n > 1 and self.axes == tuple(range(-n, 0)):
+            return self._forward_transposed(x, sizes)
         # rfftn, with the real FFT's cheaper backward (models.fft.rfft).
         spec = rfft(x, dim=self.axes[-1], norm=self.fft_norm)
-        if len(self.axes) > 1:
+        if n > 1:
             spec = torch.fft.fftn(spec, dim=self.axes[:-1], norm=self.fft_norm)
+        real, imag = self._spectral_conv(spec)
+        return torch.fft.irfftn(torch.complex(real, imag), s=sizes, dim=self.axes, norm=self.fft_norm)
+
+    def _spectral_conv(self, spec):
+        """Conv, batch norm (folded in evaluation) and ReLU on the stacked parts; (real, imag)."""
         y = torch.cat([spec.real, spec.imag], dim=1)
         folded = folded_conv(self.conv, self.bn, y)
         y = F.relu(self.bn(self.conv(y))) if folded is None else _relu(folded)
-        real, imag = y.chunk(2, dim=1)
-        return torch.fft.irfftn(torch.complex(real, imag), s=sizes, dim=self.axes, norm=self.fft_norm)
+        return y.chunk(2, dim=1)
+
+    def _forward_transposed(self, x, sizes):
+        """Inference over the trailing axes, with the half-spectrum axis moved first.
+
+        The layers between the transforms are pointwise, so the spectrum's memory layout is
+        free: with the real-FFT axis first, the other transforms run along contiguous trailing
+        axes, where PyTorch otherwise transposes to and fro for each of them (160x192, 8
+        channels: 4.5 -> 3.7 ms a unit on 1 thread; 40x48x56: 15.7 -> 10.9 ms).
+        """
+        nd = x.ndim
+        rest = tuple(range(3, nd))
+        spec = torch.fft.rfft(x, dim=-1, norm=self.fft_norm)
+        spec = spec.permute(0, 1, nd - 1, *range(2, nd - 1)).contiguous()
+        spec = torch.fft.fftn(spec, dim=rest, norm=self.fft_norm)
+        real, imag = self._spectral_conv(spec)
+        spec = torch.fft.ifftn(torch.complex(real, imag), dim=rest, norm=self.fft_norm)
+        spec = spec.permute(0, 1, *rest, 2).contiguous()
+        return torch.fft.irfft(spec, n=sizes[-1], dim=-1, norm=self.fft_norm)
 
 
 class SpectralTransform(nn.Module):

@@ -162,3 +162,18 @@ def test_folded_conv_follows_batch_norm_semantics(affine):
     assert folded_conv(layer, bn.train(), x) is None  # batch statistics: nothing to fold
     untracked = torch.nn.BatchNorm2d(4, track_running_stats=False).eval()
     assert folded_conv(layer, untracked, x) is None  # eval without running stats uses the batch's
+
+
+@pytest.mark.parametrize("dim, shape", [(2, (12, 16)), (2, (11, 13)), (3, (6, 8, 10)), (3, (5, 7, 9))])
+@pytest.mark.parametrize("fft_axes", ["all", "first", [1]])
+@pytest.mark.parametrize("norm", ["ortho", "forward"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_unit_inference_matches_reference_on_any_axes(dim, shape, fft_axes, norm, batch):
+    torch.manual_seed(0)
+    unit = _randomise_batch_norms(FourierUnit(dim, 4, fft_axes=fft_axes, fft_norm=norm)).eval()
+    x = torch.randn(batch, 4, *shape)
+    with torch.no_grad():
+        expected = _unit_reference(unit, x)
+        # "forward" scales the inverse by the sample count: rounding scales with the largest value.
+        atol = max(1e-5, 1e-6 * expected.abs().max().item())
+        torch.testing.assert_close(unit(x), expected, atol=atol, rtol=1.3e-6)
