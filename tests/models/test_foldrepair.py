@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models import FNOReg, ScalingSquaring, identity_grid
-from models.foldrepair import RADIUS, SIGMA, repair_folds
+from models.foldrepair import pass_widths, repair_folds
 from utils.fields import jacobian_determinant
 
 SHAPES = {2: [(33, 40), (32, 41)], 3: [(15, 18, 21), (16, 17, 20)]}
@@ -55,7 +55,7 @@ def test_folds_are_removed_and_the_field_far_from_them_is_untouched(shape):
     assert passes >= 1
     assert (jacobian_determinant(out) > 0).all()
     # Outside the dilated mask (radius + the soft edge + the smoothing kernel, per pass) nothing moves.
-    reach = passes * (RADIUS + math.ceil(3 * RADIUS / 2) + math.ceil(3 * SIGMA))
+    reach = sum(r + math.ceil(3 * r / 2) + math.ceil(3 * w) for w, r in map(pass_widths, range(passes)))
     far = far_from(centre, shape, reach)
     assert far.any()
     assert torch.equal(out[:, :, far], field[:, :, far])
@@ -82,6 +82,21 @@ def test_only_the_folding_pair_of_a_batch_changes():
     batch = torch.cat([clean, with_spike(clean, [16, 20], 0.2)])
     out, _ = repair_folds(batch)
     assert torch.equal(out[0], clean[0])
+    assert (jacobian_determinant(out) > 0).all()
+
+
+def test_widths_double_every_third_pass():
+    assert [pass_widths(k) for k in (0, 2, 3, 6)] == [(1.0, 2), (1.0, 2), (2.0, 4), (4.0, 8)]
+
+
+def test_a_fold_in_a_corner_is_repaired():
+    shape = (20, 22, 24)
+    field = torch.zeros(1, 3, *shape)
+    # The corner voxel pushed 3 voxels inwards along every axis, past its neighbours: it folds.
+    for axis, n in enumerate(shape):
+        field[0, axis, 0, 0, 0] = 3.0 * 2 / (n - 1)
+    assert (jacobian_determinant(field) <= 0).any()
+    out, passes = repair_folds(field)
     assert (jacobian_determinant(out) > 0).all()
 
 
