@@ -46,8 +46,17 @@ def pass_widths(index, sigma=SIGMA, radius=RADIUS):
 
 
 def _dilate(mask, radius):
+    """Box dilation by ``radius`` pixels, one axis at a time (a (2r+1)^3 max-pool took 3.5 s on a
+    80x96x112 volume at radius 8; three 1D ones take milliseconds)."""
     pool = F.max_pool2d if mask.dim() == 4 else F.max_pool3d
-    return pool(mask, 2 * radius + 1, stride=1, padding=radius)
+    n = mask.dim() - 2
+    for axis in range(n):
+        kernel = [1] * n
+        kernel[axis] = 2 * radius + 1
+        padding = [0] * n
+        padding[axis] = radius
+        mask = pool(mask, kernel, stride=1, padding=padding)
+    return mask
 
 
 def repair_folds(field, integrate=None, sigma=SIGMA, radius=RADIUS, max_passes=MAX_PASSES):

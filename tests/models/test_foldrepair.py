@@ -123,3 +123,13 @@ def test_fnoreg_repairs_outside_training_only(diffeomorphic):
         plain.integrate, integrate = None, plain.integrate
         expected, _ = repair_folds(plain(moving, fixed), integrate)
         torch.testing.assert_close(repaired(moving, fixed), expected)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 33, 40), (1, 1, 9, 10, 11)])
+def test_dilation_is_the_box_max_pool(shape):
+    import torch.nn.functional as F
+    from models.foldrepair import _dilate
+    torch.manual_seed(0)
+    mask = (torch.rand(shape) > 0.97).float()
+    pool = F.max_pool2d if len(shape) == 4 else F.max_pool3d
+    assert torch.equal(_dilate(mask, 3), pool(mask, 7, stride=1, padding=3))
