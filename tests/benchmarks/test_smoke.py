@@ -145,3 +145,12 @@ def test_resolution_variants_keep_the_benchmark_budget():
     assert config["model_config"]["band_limit"] is True and config["train_config"]["size"] == 80
     published = json.loads((bench_resolution.CONFIG_DIR / "fnoreg_2d_small.json").read_text())
     assert runs["fnoreg/small"]["model_config"] == published["model_config"]  # the config file's model
+
+
+def test_floor_smoke(tmp_path):
+    from benchmarks import bench_floor
+    assert bench_floor.main(["--preset", "small", "--shape", "20", "24", "--threads", "1", "--repeats", "1",
+                             "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "floor.json").read_text())
+    assert data["floor_ms"] > 0 and data["ratio"] > 0 and len(data["rows"]) >= 10
+    assert "floor" in (tmp_path / "floor.md").read_text()
