@@ -23,7 +23,7 @@ from utils.errors import UserError
 from utils.fileio import write_json
 
 SUMMARY_KEYS = {"n_pairs", "eval_size", "initial_dice_mean", "dice_mean", "dice_std", "folding_percent_mean",
-                "folding_percent_std", "sdlogj_mean", "hd95_mean", "time_per_pair_s", "n_params", "checkpoint",
+                "folding_percent_std", "sdlogj_mean", "hd95_mean", "time_per_pair_s", "n_params", "model_config", "checkpoint",
                 "train_size", "split", "device", "n_pairs_with_labels", "n_pairs_without_labels"}
 PER_PAIR = ["pair", "moving", "fixed", "has_labels", "initial_dice", "dice", "folding_percent", "sdlogj", "hd95",
             "time_s"]
