@@ -25,6 +25,7 @@ zero spectrum, allocation, Python dispatch. The issue's target is the model with
 """
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -104,7 +105,7 @@ def ffc_kernels(c, shape):
 
 
 def timed(calls, repeats):
-    """Seconds of ``calls`` (one call, or a tuple summed, or a tuple of alternatives: see below)."""
+    """Median seconds of ``calls``: one zero-argument call, or the sum over a tuple of them."""
     if callable(calls):
         return time_call(calls, "cpu", repeats)["seconds"]
     return sum(timed(c, repeats) for c in calls)
@@ -175,7 +176,6 @@ def main(argv=None):
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        import json
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "floor.md").write_text(text)

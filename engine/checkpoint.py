@@ -86,7 +86,9 @@ def load_model(folder, ckpt_epoch=None, device="cpu"):
     model : torch.nn.Module
         In eval mode, on ``device``.
     info : dict
-        ``checkpoint`` (a tag such as "final" or "epoch20"), ``epoch``, ``train_size``, ``path``.
+        ``checkpoint`` (a tag such as "final" or "epoch20"), ``epoch``, ``train_size``, ``path``,
+        ``model_config`` (the one stored with the weights, which built the model; editing the
+        experiment's ``config.json`` does not change it).
     """
     folder = Path(folder)
     if ckpt_epoch is None:
@@ -105,5 +107,6 @@ def load_model(folder, ckpt_epoch=None, device="cpu"):
     model = build_model(payload["model_name"], payload["model_config"], dim)
     model.load_state_dict(model_state)
     model.to(device).eval()
-    info = {"checkpoint": tag, "epoch": payload.get("epoch"), "train_size": payload.get("train_size"), "path": str(path)}
+    info = {"checkpoint": tag, "epoch": payload.get("epoch"), "train_size": payload.get("train_size"), "path": str(path),
+            "model_config": payload["model_config"]}
     return model, info

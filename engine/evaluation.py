@@ -351,7 +351,7 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
     if len(data.pairs) == 0:
         raise ConfigError(f"the {split} split of experiment {exp_num} has no pairs; widen data_config.splits.{split}")
     context = {"exp_num": exp_num, "dim": dim, "model_name": config["model_name"],
-               "model_config": config["model_config"],
+               "model_config": info["model_config"],
                "n_params": count_parameters(model), "checkpoint": info["checkpoint"], "epoch": info["epoch"],
                "checkpoint_path": info["path"], "train_size": info["train_size"], "split": split,
                "dataset": data_config["dataset"], "data_root": data_config["root"],

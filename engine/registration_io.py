@@ -306,7 +306,7 @@ def register_files(exp_num, dim, moving, fixed, out, moving_seg=None, fixed_seg=
     save_figure(fig, paths["panel"])
     summary = {"moving": str(mov.path), "fixed": str(fix.path), "moving_seg": moving_seg and str(mov_seg.path),
                "fixed_seg": fixed_seg and str(fix_seg.path), "exp_num": exp_num, "dim": dim,
-               "model_config": read_json(Path(folder) / "config.json").get("model_config"),
+               "model_config": info["model_config"],
                "checkpoint": info["checkpoint"], "checkpoint_path": info["path"], "train_size": info["train_size"],
                "moving_shape": list(mov.array.shape), "fixed_shape": list(shape), "rescaled": bool(rescale),
                "device": str(device), "folding_percent": folding, "sdlogj": sd, "max_displacement_voxels":

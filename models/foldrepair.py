@@ -3,7 +3,7 @@
 A network's field can fold on a handful of pixels while being right everywhere else: FNOReg
 trained at 80x96 and run at 160x192 predicts a sharper velocity than it was trained to produce
 (its pointwise paths see the finer input's edges), and about 9 of 30,720 pixels per pair fold
-after integration (README, transfer study). Smoothing the whole field removes them but blurs the
+after integration (README, transfer study; with zero- or border-padded integration alike). Smoothing the whole field removes them but blurs the
 rest too: a Gaussian of 0.75 px cost 0.009 Dice, the exact band limit 0.007. Here only the
 neighbourhood of the folds is smoothed:
 
@@ -21,10 +21,10 @@ A field that does not fold is returned unchanged (bit for bit), so on a clean pr
 repair costs one Jacobian. Smoothing a velocity reduces its local gradient, which is what makes
 the integrated map fold; for a plain displacement model (``integrate`` the identity) the
 displacement itself is smoothed, which removes folds the same way but may need more passes.
-Beyond the image the average reads zero displacement: folds on the image border (a corner voxel
-whose velocity points outwards) are only undone by pulling the field there towards the
-identity. With the border value instead (``replicate``), a corner voxel of the 3D demo still
-folded after 12 passes; with zeros it was repaired in 7. Away from the border the two agree.
+Beyond the image the average reads zero displacement: folds on the image border (a corner
+voxel) are only undone by pulling the field there towards the
+identity. With the border value instead (``replicate``), a folded corner voxel of the 3D demo
+still folded after 12 passes; with zeros it was repaired in 7. Away from the border the two agree.
 """
 
 import torch
@@ -85,16 +85,16 @@ def repair_folds(field, integrate=None, sigma=SIGMA, radius=RADIUS, max_passes=M
     """
     check_field(field, "field")
     integrate = integrate if integrate is not None else (lambda v: v)
-    for passes in range(max_passes + 1):
+    for passes in range(max_passes):
         flow = integrate(field)
         folded = (jacobian_determinant(flow) <= 0).unsqueeze(1)
-        if passes == max_passes or not bool(folded.any()):
+        if not bool(folded.any()):
             return flow, passes
         width, reach = pass_widths(passes, sigma, radius)
         mask = gaussian_smooth(_dilate(folded.to(field.dtype), reach), reach / 2).clamp_(0, 1)
         # Pairs that do not fold keep their field exactly (their mask is zero).
         field = field + mask * (gaussian_smooth(field, width) - field)
-    return flow, passes
+    return integrate(field), max_passes
 
 
 __all__ = ["repair_folds"]

@@ -14,6 +14,7 @@ def test_weights_rebuild_the_model(tmp_path):
     save_weights(tmp_path, model, 3, (32, 40))
     loaded, info = load_model(tmp_path)
     assert info["checkpoint"] == "final" and info["epoch"] == 3 and info["train_size"] == [32, 40]
+    assert info["model_config"]["n_layers"] == 1  # the config stored with the weights, which built the model
     x = torch.rand(1, 1, 32, 40)
     model.eval()
     with torch.inference_mode():
