@@ -15,11 +15,14 @@ Here every kept frequency ``f`` of a non-last axis is read from FFT bin ``f mod 
 weight index ``f + n_modes // 2``, whatever the parity of ``n``; frequencies the input grid
 cannot hold are dropped. At even sizes the result is exactly neuraloperator's.
 
-Two things make it faster than neuraloperator's layer without changing its result:
+Three things make it faster than neuraloperator's layer without changing its result:
 
 - pruned transforms: only the kept columns of the last (real-FFT) axis are transformed along the
-  other axes, forward and inverse, and the real FFT's backward is an inverse real FFT of those
-  columns (:func:`models.fft.rfft`) instead of PyTorch's full complex FFT;
+  other axes, forward and inverse, with that axis moved first so that every complex FFT runs
+  along contiguous axes (:mod:`models.spectral_ops`);
+- in training, a hand-written backward (:class:`models.spectral_ops.SpectralFunction`): the
+  adjoint chain, about the cost of one more forward pass, where autograd through the separate
+  operations took three and a half;
 - the complex contraction runs as two real batched matrix products over the kept modes, on a
   contiguous (modes, 2 x batch, C) operand, instead of a complex einsum (whose CPU batched-matmul
   kernel loops over the batch and whose backward issues thousands of small copies). In
@@ -36,7 +39,8 @@ import contextlib
 import torch
 from neuralop.layers.spectral_convolution import SpectralConv as _SpectralConv
 
-from .fft import rfft
+from .spectral_ops import (SpectralFunction, complex_weight, contract_complex, contract_real,
+                           forward_modes, inverse_modes, real_weight)
 
 
 def kept_frequencies(size, kept):
@@ -51,76 +55,12 @@ def kept_frequencies(size, kept):
     return low, high
 
 
-def _mode_index(low, high, size, device):
-    """FFT bins of the signed frequencies ``low..high`` on an axis of ``size`` samples."""
-    return torch.arange(low, high + 1, device=device) % size
-
-
-def real_weight(weight):
-    """(C_in, C_out, *modes) complex weight -> (2, prod(modes), C_in, C_out) real, contiguous.
-
-    Index 0 holds the real parts, 1 the imaginary parts, each laid out for a batched matmul over
-    the modes; one copy of the weight, no larger than the complex one.
-    """
-    c_in, c_out = weight.shape[:2]
-    return torch.view_as_real(weight.reshape(c_in, c_out, -1)).permute(3, 2, 0, 1).contiguous()
-
-
-def contract_real(x, weight, c_out):
-    """Complex contraction ``y[b, o, m] = sum_i x[b, i, m] w[i, o, m]`` as two real batched matmuls.
-
-    The real and imaginary parts of ``x`` are stacked along the batch axis of one contiguous
-    (modes, 2B, C_in) operand, so each weight entry is read once per product:
-    ``P = X W_re`` and ``Q = X W_im`` give ``Re(xW) = P_re - Q_im`` and ``Im(xW) = Q_re + P_im``.
-
-    Parameters
-    ----------
-    x : torch.Tensor
-        (B, C_in, *modes) complex.
-    weight : torch.Tensor
-        (2, prod(modes), C_in, C_out) real, from :func:`real_weight`.
-    c_out : int
-        Output channels.
-
-    Returns
-    -------
-    torch.Tensor
-        (B, C_out, *modes) complex.
-    """
-    batch, c_in, *modes = x.shape
-    parts = torch.view_as_real(x.reshape(batch, c_in, -1)).permute(3, 2, 0, 1)  # (2, M, B, C_in)
-    # Contiguous (M, 2B, C_in): a permuted operand makes the same bmm an order of magnitude slower.
-    operand = torch.cat([parts[0], parts[1]], dim=1)
-    p = torch.bmm(operand, weight[0])
-    q = torch.bmm(operand, weight[1])
-    y = torch.complex(p[:, :batch] - q[:, batch:], q[:, :batch] + p[:, batch:])
-    return y.permute(1, 2, 0).reshape(batch, c_out, *modes)
-
-
 def _dc_gain(sizes, norm):
     """Zero-frequency coefficient whose inverse transform (``norm``) is 1 on every sample."""
     n = 1
     for size in sizes:
         n *= size
     return {"forward": 1.0, "ortho": n**0.5, "backward": float(n)}[norm or "backward"]
-
-
-def complex_weight(weight):
-    """(C_in, C_out, *modes) complex weight -> (prod(modes), C_in, C_out) complex, contiguous."""
-    c_in, c_out = weight.shape[:2]
-    return weight.reshape(c_in, c_out, -1).permute(2, 0, 1).contiguous()
-
-
-def contract_complex(x, weight, c_out):
-    """The contraction of :func:`contract_real` as one complex batched matmul over the modes.
-
-    ``weight`` is (prod(modes), C_in, C_out) complex, from :func:`complex_weight`. Reads the
-    weight once instead of twice; used in inference when the weight outgrows the cache
-    (:data:`COMPLEX_MIN_BYTES`). Not in training: its backward is far slower on the CPU.
-    """
-    batch, c_in, *modes = x.shape
-    operand = x.reshape(batch, c_in, -1).permute(2, 0, 1).contiguous()  # (M, B, C_in)
-    return torch.bmm(operand, weight).permute(1, 2, 0).reshape(batch, c_out, *modes)
 
 
 # Inference weights at least this large use contract_complex. On a 2-core Xeon (4 MiB L2), 1
@@ -196,42 +136,42 @@ class SpectralConv(_SpectralConv):
         """
         if output_shape is not None and tuple(output_shape) != tuple(x.shape[2:]):
             raise NotImplementedError("models.spectral.SpectralConv does not resample (output_shape)")
-        *lead, last = range(x.ndim - self.order, x.ndim)
+        if x.ndim != self.order + 2:
+            raise ValueError(f"SpectralConv of order {self.order} needs (B, C, {self.order} spatial axes), "
+                             f"got shape {tuple(x.shape)}")
         sizes = x.shape[2:]
         kept = list(self.n_modes)  # the last entry is already n // 2 + 1, neuraloperator's convention
         stored = list(self.weight.shape[2:])  # max_n_modes: the weight's frequency 0 sits at m // 2
 
-        # Real FFT along the last axis, keeping only the kept non-negative frequencies.
+        # Kept frequencies: the first `width` of the real FFT along the last axis, and per lead
+        # axis the bins of the signed frequencies both the kernel and the grid hold.
         width = min(kept[-1], sizes[-1] // 2 + 1)
-        z = rfft(x, dim=last, norm=self.fft_norm, width=width)
-        slices, indices, zero = [], [], []
-        for axis, size, k, m in zip(lead, sizes, kept, stored):
+        slices, lead = [], []
+        for size, k, m in zip(sizes[:-1], kept, stored):
             low, high = kept_frequencies(size, k)
-            index = _mode_index(low, high, size, x.device)
-            z = torch.fft.fft(z, dim=axis, norm=self.fft_norm).index_select(axis, index)
             slices.append(slice(m // 2 + low, m // 2 + high + 1))
-            indices.append(index)
-            zero.append(-low)  # where frequency 0 lands among the kept ones
+            lead.append((low, high, size))
         slices.append(slice(0, width))
+        slices, lead = tuple(slices), tuple(lead)
+        zero = [-low for low, _, _ in lead]  # where frequency 0 lands among the kept ones
 
-        n_bytes = z[0, 0].numel() * self.in_channels * self.out_channels * z.element_size()
-        if not torch.is_grad_enabled() and n_bytes >= COMPLEX_MIN_BYTES:
-            y = contract_complex(z, self._weight(tuple(slices), complex_weight), self.out_channels)
+        if torch.is_grad_enabled():
+            out = SpectralFunction.apply(x, self._weight(slices), width, lead, self.fft_norm)
+            if offset is not None:
+                out = out + offset.view(-1, *[1] * len(sizes))
         else:
-            y = contract_real(z, self._weight(tuple(slices)), self.out_channels)
-        if offset is not None:
-            y[(slice(None), slice(None), *zero, 0)] += offset * _dc_gain(sizes, self.fft_norm)
-
-        # Inverse: scatter the kept modes back to their bins, transform only what is non-zero.
-        for axis, size, index in reversed(list(zip(lead, sizes, indices))):
-            shape = list(y.shape)
-            shape[axis] = size
-            y = y.new_zeros(shape).index_copy(axis, index, y)
-            y = torch.fft.ifft(y, dim=axis, norm=self.fft_norm)
-        x = torch.fft.irfft(y, n=sizes[-1], dim=last, norm=self.fft_norm)
+            z = forward_modes(x, width, lead, self.fft_norm)
+            n_bytes = z[0, 0].numel() * self.in_channels * self.out_channels * z.element_size()
+            if n_bytes >= COMPLEX_MIN_BYTES:
+                y = contract_complex(z, self._weight(slices, complex_weight))
+            else:
+                y = contract_real(z, self._weight(slices))
+            if offset is not None:
+                y[(slice(None), slice(None), 0, *zero)] += offset * _dc_gain(sizes, self.fft_norm)
+            out = inverse_modes(y, sizes[-1], lead, self.fft_norm)
         if self.bias is not None:
-            x = x + self.bias
-        return x
+            out = out + self.bias
+        return out
 
 
 @contextlib.contextmanager
