@@ -124,12 +124,13 @@ def inference_fn(model, shape, device):
 
 def training_fn(model, entry, dim, shape, device):
     """One full training step at the entry's batch size; returns (step function, batch, hooks)."""
+    from engine.train_config import build_optimizer
     from losses import RegistrationLoss, one_hot
     from models import warp
 
     batch = entry.batch_size(dim)
     loss_fn = RegistrationLoss(**entry.loss_settings(dim))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = build_optimizer(model.parameters(), 1e-4)  # the trainer's optimizer
     moving, fixed = torch.rand(2, batch, 1, *shape, device=device)
     labels = None
     if loss_fn.uses_labels:

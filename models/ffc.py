@@ -12,6 +12,7 @@ from torch import nn
 
 from utils.errors import ConfigError
 
+from .batchnorm import batch_norm_relu
 from .fft import rfft
 from .nd import batch_norm, conv, conv_with
 
@@ -127,7 +128,7 @@ class FourierUnit(nn.Module):
         """Conv, batch norm (folded in evaluation) and ReLU on the stacked parts; (real, imag)."""
         y = torch.cat([spec.real, spec.imag], dim=1)
         folded = folded_conv(self.conv, self.bn, y)
-        y = F.relu(self.bn(self.conv(y))) if folded is None else _relu(folded)
+        y = batch_norm_relu(self.bn, self.conv(y)) if folded is None else _relu(folded)
         return y.chunk(2, dim=1)
 
     def _forward_transposed(self, x, sizes):
@@ -162,20 +163,24 @@ class SpectralTransform(nn.Module):
         self.fourier = FourierUnit(dim, hidden, fft_axes, fft_norm)
         self.expand = conv(dim, hidden, out_channels, 1, bias=False)
 
-    def forward(self, x, bn=None):
+    def forward(self, x, bn=None, relu=False):
         """``expand(fourier(z) + z)`` with ``z = reduce(x)``; ``bn``: a batch norm to apply last.
 
-        With ``bn`` the result is ``bn(...)``; in evaluation the batch norms fold into the 1x1
-        convolutions before them (:func:`folded_conv`).
+        With ``bn`` the result is ``bn(...)``, and with ``relu`` also ``relu(bn(...))``; in
+        evaluation the batch norms fold into the 1x1 convolutions before them
+        (:func:`folded_conv`), in training each batch norm and its ReLU run fused
+        (:func:`models.batchnorm.batch_norm_relu`).
         """
         conv_in, bn_in, _ = self.reduce
         z = folded_conv(conv_in, bn_in, x)
-        z = self.reduce(x) if z is None else _relu(z)
+        z = batch_norm_relu(bn_in, conv_in(x)) if z is None else _relu(z)
         y = _add(self.fourier(z), z)
         if bn is None:
             return self.expand(y)
         out = folded_conv(self.expand, bn, y)
-        return bn(self.expand(y)) if out is None else out
+        if out is not None:
+            return _relu(out) if relu else out
+        return batch_norm_relu(bn, self.expand(y)) if relu else bn(self.expand(y))
 
 
 def split_channels(channels, alpha):
@@ -231,10 +236,10 @@ class FFC(nn.Module):
                 continue
             if from_local is None and isinstance(from_global, SpectralTransform):
                 # Global path only (alpha = 1): the batch norm can fold into its last convolution.
-                outputs.append(_relu(from_global(x_global, bn=bn)))
+                outputs.append(from_global(x_global, bn=bn, relu=True))
                 continue
             y = self._sum(apply(from_local, x_local), apply(from_global, x_global))
-            outputs.append(F.relu(bn(y)))
+            outputs.append(batch_norm_relu(bn, y))
         return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
 
 

@@ -23,11 +23,12 @@ Three things make it faster than neuraloperator's layer without changing its res
 - in training, a hand-written backward (:class:`models.spectral_ops.SpectralFunction`): the
   adjoint chain, about the cost of one more forward pass, where autograd through the separate
   operations took three and a half;
-- the complex contraction runs as two real batched matrix products over the kept modes, on a
-  contiguous (modes, 2 x batch, C) operand, instead of a complex einsum (whose CPU batched-matmul
-  kernel loops over the batch and whose backward issues thousands of small copies). In
-  inference a weight larger than :data:`COMPLEX_MIN_BYTES` is read once by one complex batched
-  matmul on a contiguous (modes, batch, C) operand instead (:func:`contract_complex`).
+- the complex contraction runs as one real batched matrix product over the kept modes, on a
+  contiguous (modes, 2 x batch, C) operand and the weight's interleaved real view, instead of a
+  complex einsum (whose CPU batched-matmul kernel loops over the batch and whose backward issues
+  thousands of small copies). In inference a weight larger than :data:`COMPLEX_MIN_BYTES` is
+  multiplied by one complex batched matmul on a contiguous (modes, batch, C) operand instead
+  (:func:`contract_complex`).
 
 The factorised weight is rebuilt from its factors on every call, except inside
 :func:`weight_cache` (evaluation, validation, ``register.py``), which keeps each layer's dense
@@ -39,8 +40,8 @@ import contextlib
 import torch
 from neuralop.layers.spectral_convolution import SpectralConv as _SpectralConv
 
-from .spectral_ops import (SpectralFunction, complex_weight, contract_complex, contract_real,
-                           forward_modes, inverse_modes, real_weight)
+from .spectral_ops import (SpectralFunction, complex_weight, contract_complex, contract_real, forward_modes,
+                           inverse_modes)
 
 
 def kept_frequencies(size, kept):
@@ -92,18 +93,18 @@ class SpectralConv(_SpectralConv):
         self._cache = None
 
     # -- weight ------------------------------------------------------------------------------
-    def _weight(self, slices, layout=real_weight):
-        """Weight of the kept modes ``slices`` (a tuple of slices, one per axis) in ``layout``.
+    def _weight(self, slices):
+        """Weight of the kept modes ``slices`` (a tuple of slices, one per axis), (M, C_in, C_out).
 
-        ``layout`` is :func:`real_weight` or :func:`complex_weight`.
+        The layout of :func:`models.spectral_ops.complex_weight`, used by every contraction.
         """
         if self._cache_enabled and not torch.is_grad_enabled():
-            key = (slices, layout, tuple((p.data_ptr(), p._version) for p in self.parameters()))
+            key = (slices, tuple((p.data_ptr(), p._version) for p in self.parameters()))
             if self._cache is None or self._cache[0] != key:
                 self._cache = None  # free the old one before building the new one
-                self._cache = (key, layout(self._dense(slices)))
+                self._cache = (key, complex_weight(self._dense(slices)))
             return self._cache[1]
-        return layout(self._dense(slices))
+        return complex_weight(self._dense(slices))
 
     def _dense(self, slices):
         weight = self.weight[(slice(None), slice(None), *slices)]
@@ -163,7 +164,7 @@ class SpectralConv(_SpectralConv):
             z = forward_modes(x, width, lead, self.fft_norm)
             n_bytes = z[0, 0].numel() * self.in_channels * self.out_channels * z.element_size()
             if n_bytes >= COMPLEX_MIN_BYTES:
-                y = contract_complex(z, self._weight(slices, complex_weight))
+                y = contract_complex(z, self._weight(slices))
             else:
                 y = contract_real(z, self._weight(slices))
             if offset is not None:

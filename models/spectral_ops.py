@@ -23,27 +23,22 @@ DUAL_NORM = {"forward": "backward", "backward": "forward", "ortho": "ortho"}
 
 
 # -- weights ----------------------------------------------------------------------------------
-def _modes_first(weight):
-    """(C_in, C_out, *lead, width) -> (C_in, C_out, width, *lead): the spectrum's mode order."""
-    return weight.movedim(-1, 2)
-
-
-def real_weight(weight):
-    """(C_in, C_out, *lead, width) complex weight -> (2, M, C_in, C_out) real, contiguous.
-
-    M = width x prod(lead) in the spectrum's order (:func:`forward_modes`); index 0 holds the
-    real parts, 1 the imaginary parts, each laid out for a batched matmul over the modes.
-    """
-    w = _modes_first(weight)
-    c_in, c_out = w.shape[:2]
-    return torch.view_as_real(w.reshape(c_in, c_out, -1)).permute(3, 2, 0, 1).contiguous()
-
-
 def complex_weight(weight):
-    """(C_in, C_out, *lead, width) complex weight -> (M, C_in, C_out) complex, contiguous."""
-    w = _modes_first(weight)
+    """(C_in, C_out, *lead, width) complex weight -> (M, C_in, C_out) complex, contiguous.
+
+    M = width x prod(lead) in the spectrum's order (:func:`forward_modes`): the layout of every
+    contraction here. Its real view, (M, C_in, 2 C_out) with real and imaginary parts
+    interleaved, is the real matrix that :func:`contract_real` multiplies by.
+    """
+    w = weight.movedim(-1, 2)  # the half-spectrum axis first, as in the spectrum
     c_in, c_out = w.shape[:2]
     return w.reshape(c_in, c_out, -1).permute(2, 0, 1).contiguous()
+
+
+def _interleaved(weight):
+    """(M, C_in, C_out) complex -> its real view (M, C_in, 2 C_out): [re, im] per output channel."""
+    m, c_in, c_out = weight.shape
+    return torch.view_as_real(weight).view(m, c_in, 2 * c_out)
 
 
 # -- contractions -----------------------------------------------------------------------------
@@ -58,30 +53,19 @@ def stacked_operand(z):
     return torch.cat([parts[0], parts[1]], dim=1)
 
 
-def _unstack(p, q, batch, sign, modes):
-    """``P + sign * i Q``-style recombination of two (M, 2B, C) products into (B, C, *modes)."""
-    if sign > 0:  # forward: Re = P_re - Q_im, Im = Q_re + P_im
-        y = torch.complex(p[:, :batch] - q[:, batch:], q[:, :batch] + p[:, batch:])
-    else:  # adjoint: Re = P_re + Q_im, Im = P_im - Q_re
-        y = torch.complex(p[:, :batch] + q[:, batch:], p[:, batch:] - q[:, :batch])
-    return y.permute(1, 2, 0).reshape(batch, y.shape[-1], *modes)
+def contract_real(x, weight, operand=None):
+    """Complex contraction ``y[b, o, m] = sum_i x[b, i, m] w[i, o, m]`` as one real batched matmul.
 
-
-def contract_real(x, weight, c_out=None, operand=None):
-    """Complex contraction ``y[b, o, m] = sum_i x[b, i, m] w[i, o, m]`` as two real batched matmuls.
-
-    The real and imaginary parts of ``x`` are stacked along the batch axis of one contiguous
-    (M, 2B, C_in) operand, so each weight entry is read once per product:
-    ``P = X W_re`` and ``Q = X W_im`` give ``Re(xW) = P_re - Q_im`` and ``Im(xW) = Q_re + P_im``.
+    With ``X = [x_re; x_im]`` stacked along the batch axis (M, 2B, C_in) and the weight's real
+    view ``V`` (M, C_in, 2 C_out), real and imaginary parts interleaved, ``P = X V`` holds every
+    product of parts once: ``Re y = x_re w_re - x_im w_im`` and ``Im y = x_re w_im + x_im w_re``.
 
     Parameters
     ----------
     x : torch.Tensor
         (B, C_in, *modes) complex.
     weight : torch.Tensor
-        (2, M, C_in, C_out) real, from :func:`real_weight`.
-    c_out : int, optional
-        Output channels (read from ``weight``; kept for callers that pass it).
+        (M, C_in, C_out) complex, from :func:`complex_weight`.
     operand : torch.Tensor, optional
         ``stacked_operand(x)`` when the caller already has it.
 
@@ -90,14 +74,19 @@ def contract_real(x, weight, c_out=None, operand=None):
     torch.Tensor
         (B, C_out, *modes) complex.
     """
+    batch = x.shape[0]
     operand = stacked_operand(x) if operand is None else operand
-    return _unstack(torch.bmm(operand, weight[0]), torch.bmm(operand, weight[1]), x.shape[0], 1, x.shape[2:])
+    p = torch.bmm(operand, _interleaved(weight)).view(operand.shape[0], 2 * batch, -1, 2)
+    y = torch.complex(p[:, :batch, :, 0] - p[:, batch:, :, 1], p[:, :batch, :, 1] + p[:, batch:, :, 0])
+    return y.permute(1, 2, 0).reshape(batch, weight.shape[-1], *x.shape[2:])
 
 
 def contract_real_adjoint(grad, operand, weight, modes):
-    """Gradients of :func:`contract_real`: with respect to its input and to its real weight.
+    """Gradients of :func:`contract_real` with respect to its input and its weight.
 
-    ``gx = g W^H`` and ``gW = x^H g`` per mode (PyTorch's convention for complex gradients).
+    ``gx = g W^H`` and ``gW = x^H g`` per mode (PyTorch's convention for complex gradients),
+    both through the same real matrices: the gradient of ``P`` is ``[g; -i g]`` in interleaved
+    real form, so ``gX = G V^T`` and ``gV = X^T G``.
 
     Parameters
     ----------
@@ -106,31 +95,34 @@ def contract_real_adjoint(grad, operand, weight, modes):
     operand : torch.Tensor
         (M, 2B, C_in), ``stacked_operand`` of the contraction's input.
     weight : torch.Tensor
-        (2, M, C_in, C_out) real.
+        (M, C_in, C_out) complex.
     modes : tuple of int
         The mode shape.
 
     Returns
     -------
     (torch.Tensor, torch.Tensor)
-        (B, C_in, *modes) complex and (2, M, C_in, C_out) real.
+        (B, C_in, *modes) complex and (M, C_in, C_out) complex.
     """
-    batch = grad.shape[0]
-    g = stacked_operand(grad)  # (M, 2B, C_out)
-    gx = _unstack(torch.bmm(g, weight[0].transpose(1, 2)), torch.bmm(g, weight[1].transpose(1, 2)),
-                  batch, -1, modes)
-    g_swapped = torch.cat([g[:, batch:], -g[:, :batch]], dim=1)  # [G_im; -G_re]
-    op_t = operand.transpose(1, 2)
-    gw = torch.stack([torch.bmm(op_t, g), torch.bmm(op_t, g_swapped)])
+    batch, c_out = grad.shape[:2]
+    m = operand.shape[0]
+    g = grad.reshape(batch, c_out, m).permute(2, 0, 1)  # (M, B, C_out)
+    stacked = torch.empty(m, 2, batch, c_out, dtype=grad.dtype, device=grad.device)
+    stacked[:, 0] = g
+    torch.mul(g, -1j, out=stacked[:, 1])
+    stacked = torch.view_as_real(stacked).view(m, 2 * batch, 2 * c_out)
+    gx = torch.bmm(stacked, _interleaved(weight).transpose(1, 2))  # (M, 2B, C_in)
+    gx = torch.complex(gx[:, :batch], gx[:, batch:]).permute(1, 2, 0).reshape(batch, -1, *modes)
+    gw = torch.view_as_complex(torch.bmm(operand.transpose(1, 2), stacked).view(m, -1, c_out, 2))
     return gx, gw
 
 
-def contract_complex(x, weight, c_out=None):
+def contract_complex(x, weight):
     """The contraction of :func:`contract_real` as one complex batched matmul over the modes.
 
-    ``weight`` is (M, C_in, C_out) complex, from :func:`complex_weight`. Reads the weight once
-    instead of twice; used in inference when the weight outgrows the cache. Not in training: its
-    backward is far slower on the CPU.
+    ``weight`` is (M, C_in, C_out) complex, from :func:`complex_weight`. Reads the weight in one
+    pass of complex arithmetic; used in inference when the weight outgrows the cache. Not in
+    training: its backward is far slower on the CPU.
     """
     batch, c_in, *modes = x.shape
     operand = x.reshape(batch, c_in, -1).permute(2, 0, 1).contiguous()  # (M, B, C_in)
@@ -155,10 +147,11 @@ def scatter_modes(y, axis, low, high, size):
     """Adjoint of :func:`gather_modes`: the kept frequencies placed in their bins, zeros elsewhere."""
     shape = list(y.shape)
     shape[axis] = size
-    out = y.new_zeros(shape)
+    out = y.new_empty(shape)
     out.narrow(axis, 0, high + 1).copy_(y.narrow(axis, -low, high + 1))
     if low < 0:
         out.narrow(axis, size + low, -low).copy_(y.narrow(axis, 0, -low))
+    out.narrow(axis, high + 1, size + low - high - 1).zero_()  # only the bins in between
     return out
 
 
@@ -187,8 +180,10 @@ def inverse_modes(y, n, lead, norm):
     for axis, (low, high, size) in enumerate(lead):
         y = torch.fft.ifft(scatter_modes(y, 3 + axis, low, high, size), dim=3 + axis, norm=norm)
     half = y.movedim(2, -1)
-    padded = half.new_zeros(*half.shape[:-1], n // 2 + 1)
-    padded.narrow(-1, 0, half.shape[-1]).copy_(half)
+    width = half.shape[-1]
+    padded = half.new_empty(*half.shape[:-1], n // 2 + 1)
+    padded.narrow(-1, 0, width).copy_(half)
+    padded.narrow(-1, width, n // 2 + 1 - width).zero_()
     return torch.fft.irfft(padded, n=n, dim=-1, norm=norm)
 
 
@@ -205,7 +200,7 @@ class SpectralFunction(torch.autograd.Function):
     """Spectral convolution with a hand-written backward (training).
 
     ``forward(x, weight, width, lead, norm)``: ``x`` (B, C_in, *sizes) real, ``weight``
-    (2, M, C_in, C_out) real from :func:`real_weight`, ``width`` and ``lead`` the kept modes
+    (M, C_in, C_out) complex from :func:`complex_weight`, ``width`` and ``lead`` the kept modes
     (:func:`forward_modes`); returns (B, C_out, *sizes) real.
     """
 
@@ -228,7 +223,7 @@ class SpectralFunction(torch.autograd.Function):
         # halves them: they cancel on the way to x, and only the weight gradient keeps the 2.
         g = forward_modes(grad.contiguous(), width, lead, dual)
         gz, gw = contract_real_adjoint(g, operand, weight, modes)
-        scale = _doubled(width, n).to(gw)
-        gw = gw.view(2, width, -1, *gw.shape[2:]).mul_(scale.view(1, -1, 1, 1, 1)).view_as(gw)
+        scale = _doubled(width, n).to(device=gw.device, dtype=gw.real.dtype)
+        gw = gw.view(width, -1, *gw.shape[1:]).mul_(scale.view(-1, 1, 1, 1)).view_as(gw)
         gx = inverse_modes(gz, n, lead, dual) if ctx.needs_input_grad[0] else None
         return gx, gw, None, None, None

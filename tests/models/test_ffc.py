@@ -146,10 +146,11 @@ def test_training_mode_is_unchanged(dim, shape):
     x = torch.randn(2, 8, *shape)
     out = block(x)
     expected = _block_reference(reference, x)
-    # Same operations in the same order: bit for bit, and the same running statistics after.
-    assert torch.equal(out, expected)
+    # The fused batch norm + ReLU of training (models.batchnorm) computes the statistics in
+    # another order: equal to rounding, and the same running statistics after.
+    torch.testing.assert_close(out, expected)
     for a, b in zip(block.buffers(), reference.buffers()):
-        assert torch.equal(a, b)
+        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("affine", [True, False])

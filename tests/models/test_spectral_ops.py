@@ -12,11 +12,12 @@ import torch
 from models.spectral import SpectralConv, kept_frequencies
 from models.spectral_ops import (
     SpectralFunction,
+    complex_weight,
+    contract_complex,
     contract_real,
     forward_modes,
     gather_modes,
     inverse_modes,
-    real_weight,
     scatter_modes,
 )
 
@@ -50,7 +51,7 @@ def test_gradcheck(sizes, kept, norm):
     width, lead = _geometry(sizes, kept)
     x = torch.randn(2, 2, *sizes, dtype=torch.float64, requires_grad=True)
     modes = width * int(torch.tensor([high - low + 1 for low, high, _ in lead]).prod())
-    weight = torch.randn(2, modes, 2, 2, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(modes, 2, 2, dtype=torch.complex128, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, w: SpectralFunction.apply(a, w, width, lead, norm), (x, weight))
 
 
@@ -60,7 +61,7 @@ def test_matches_autograd_through_the_chain(sizes, kept):
     width, lead = _geometry(sizes, kept)
     x = torch.randn(3, 4, *sizes, requires_grad=True)
     modes = width * int(torch.tensor([high - low + 1 for low, high, _ in lead]).prod())
-    weight = torch.randn(2, modes, 4, 5, requires_grad=True)
+    weight = torch.randn(modes, 4, 5, dtype=torch.complex64, requires_grad=True)
     ours = SpectralFunction.apply(x, weight, width, lead, "forward")
     ref = _chain(x, weight, width, lead, "forward")
     torch.testing.assert_close(ours, ref)
@@ -115,9 +116,17 @@ def test_gather_and_scatter_are_adjoint_and_pick_the_right_bins(low, high, size)
                                torch.zeros_like(z).index_copy(2, bins, y))
 
 
-def test_real_weight_orders_modes_as_the_spectrum():
+def test_complex_weight_orders_modes_as_the_spectrum():
     """The weight's modes are laid out half-spectrum axis first, as forward_modes lays out the input."""
     w = torch.randn(3, 4, 5, 6, dtype=torch.complex64)  # (C_in, C_out, lead, width)
-    r = real_weight(w)
-    assert r.shape == (2, 30, 3, 4)
-    torch.testing.assert_close(torch.complex(r[0], r[1]), w.permute(3, 2, 0, 1).reshape(30, 3, 4))
+    torch.testing.assert_close(complex_weight(w), w.permute(3, 2, 0, 1).reshape(30, 3, 4))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_real_and_complex_contractions_agree_with_einsum(batch):
+    torch.manual_seed(3)
+    x = torch.randn(batch, 4, 5, 6, dtype=torch.complex64)
+    w = torch.randn(30, 4, 7, dtype=torch.complex64)
+    expected = torch.einsum("bim,mio->bom", x.reshape(batch, 4, 30), w).reshape(batch, 7, 5, 6)
+    torch.testing.assert_close(contract_real(x, w), expected)
+    torch.testing.assert_close(contract_complex(x, w), expected)
