@@ -1,7 +1,8 @@
 """The kernels of the spectral convolution: pruned transforms, contractions, and their adjoints.
 
 A spectral convolution keeps a box of low modes: ``width`` non-negative frequencies of the real
-FFT along the last axis and, along every other ("lead") axis, the FFT bins of the signed frequencies ``low..high``.
+FFT along the last axis and, along every other ("lead") axis, the bins of the signed frequencies
+``low..high``.
 
 Layout. The kept spectrum is held with the half-spectrum axis moved in front of the lead axes,
 (B, C, width, *lead_modes), so that every complex FFT runs along contiguous trailing axes (PyTorch
@@ -12,8 +13,8 @@ Training. :class:`SpectralFunction` computes the layer and its exact gradient by
 of the chain is the same chain with the dual FFT normalisation and the conjugate-transposed
 weight, and the factors 2 of the inverse real FFT's adjoint cancel against the 1/2 of the real
 FFT's adjoint everywhere but in the weight gradient. Autograd through the separate operations
-took 3.5 times the forward pass for the backward (FNOReg small's layer, 80x96, batch 8); this
-takes about one forward pass plus two small matrix products.
+took about three times the forward pass for the backward (FNOReg small's layer, 80x96, batch 8);
+this takes about one forward pass plus one more small matrix product.
 """
 
 import torch
@@ -173,9 +174,10 @@ def inverse_modes(y, n, lead, norm):
     """Adjoint layout of :func:`forward_modes`: kept modes (B, C, width, *kept) -> real (B, C, *lead, n).
 
     Each lead axis gets its kept frequencies scattered into zeros and an inverse FFT (outer axis
-    first, so the last and largest runs along the contiguous axis); then the half spectrum is
-    copied back last, zero-padded to ``n // 2 + 1`` in the same copy, and inverse real FFT'd to
-    ``n`` samples (PyTorch's own padding of a short half spectrum costs a second pass).
+    first, so the last and largest runs along the contiguous axis); then the half spectrum goes
+    back last, copied straight into an ``n // 2 + 1``-bin buffer whose other bins are zeroed, and
+    is inverse real FFT'd to ``n`` samples (PyTorch's own padding of a short half spectrum costs
+    a second pass).
     """
     for axis, (low, high, size) in enumerate(lead):
         y = torch.fft.ifft(scatter_modes(y, 3 + axis, low, high, size), dim=3 + axis, norm=norm)
