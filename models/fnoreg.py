@@ -28,6 +28,7 @@ from .foldrepair import repair_folds
 from .integrate import ScalingSquaring
 from .nd import check_dim, conv
 from .spectral import SpectralConv
+from .spectral_ops import FourierLayerFunction
 
 FACTORIZATIONS = ("tucker", "cp", "tt", "dense")
 HEAD_INITS = ("zeros", "normal", "default")
@@ -55,8 +56,15 @@ class FourierLayer(nn.Module):
 
     def forward(self, x):
         if torch.is_grad_enabled():
-            y = F.gelu(self.spectral(x) + self.pointwise(x))
-            return y + x if self.residual else y
+            if self.spectral.bias is not None:  # not FNOReg's: the layers one by one
+                y = F.gelu(self.spectral(x) + self.pointwise(x))
+                return y + x if self.residual else y
+            # Training: the whole layer as one autograd function (fewer passes over activations).
+            slices, width, lead = self.spectral.kept_modes(x.shape[2:])
+            c = x.shape[1]
+            return FourierLayerFunction.apply(
+                x, self.spectral.weight_for(slices), self.pointwise.weight.reshape(-1, c), self.pointwise.bias,
+                width, lead, self.spectral.fft_norm, self.residual)
         # Inference: the same sum in fewer passes over the activations. W's bias rides on the
         # spectral output's zero frequency, W x accumulates into it, GELU and residual in place.
         b, c = x.shape[:2]

@@ -40,8 +40,8 @@ import contextlib
 import torch
 from neuralop.layers.spectral_convolution import SpectralConv as _SpectralConv
 
-from .spectral_ops import (SpectralFunction, complex_weight, contract_complex, contract_real, forward_modes,
-                           inverse_modes)
+from .spectral_ops import (SpectralFunction, complex_weight, contract_complex, contract_real, dc_gain,
+                           forward_modes, inverse_modes)
 
 
 def kept_frequencies(size, kept):
@@ -54,14 +54,6 @@ def kept_frequencies(size, kept):
     low = max(-(kept // 2), -(size // 2))
     high = min(kept - kept // 2 - 1, size - size // 2 - 1)
     return low, high
-
-
-def _dc_gain(sizes, norm):
-    """Zero-frequency coefficient whose inverse transform (``norm``) is 1 on every sample."""
-    n = 1
-    for size in sizes:
-        n *= size
-    return {"forward": 1.0, "ortho": n**0.5, "backward": float(n)}[norm or "backward"]
 
 
 # Inference weights at least this large use contract_complex. On a 2-core Xeon (4 MiB L2), batch
@@ -131,6 +123,29 @@ class SpectralConv(_SpectralConv):
         return super()._load_from_state_dict(*args, **kwargs)
 
     # -- forward -----------------------------------------------------------------------------
+    def kept_modes(self, sizes):
+        """The kept modes at input ``sizes``: (weight slices, width, lead).
+
+        ``width``: the kept non-negative frequencies of the real FFT along the last axis; per
+        lead axis, (low, high, size): the signed frequencies ``low..high`` that both the kernel
+        and the grid hold; the slices pick their weights (frequency 0 of a stored axis of ``m``
+        entries sits at ``m // 2``).
+        """
+        kept = list(self.n_modes)  # the last entry is already n // 2 + 1, neuraloperator's convention
+        stored = list(self.weight.shape[2:])  # max_n_modes
+        width = min(kept[-1], sizes[-1] // 2 + 1)
+        slices, lead = [], []
+        for size, k, m in zip(sizes[:-1], kept, stored):
+            low, high = kept_frequencies(size, k)
+            slices.append(slice(m // 2 + low, m // 2 + high + 1))
+            lead.append((low, high, size))
+        slices.append(slice(0, width))
+        return tuple(slices), width, tuple(lead)
+
+    def weight_for(self, slices):
+        """The dense weight of the kept modes ``slices`` in the contractions' layout (M, C_in, C_out)."""
+        return self._weight(slices)
+
     def forward(self, x, output_shape=None, offset=None):
         """Spectral convolution of ``x`` (B, C_in, *spatial) -> (B, C_out, *spatial), real.
 
@@ -143,19 +158,7 @@ class SpectralConv(_SpectralConv):
             raise ValueError(f"SpectralConv of order {self.order} needs (B, C, {self.order} spatial axes), "
                              f"got shape {tuple(x.shape)}")
         sizes = x.shape[2:]
-        kept = list(self.n_modes)  # the last entry is already n // 2 + 1, neuraloperator's convention
-        stored = list(self.weight.shape[2:])  # max_n_modes: the weight's frequency 0 sits at m // 2
-
-        # Kept frequencies: the first `width` of the real FFT along the last axis, and per lead
-        # axis the bins of the signed frequencies both the kernel and the grid hold.
-        width = min(kept[-1], sizes[-1] // 2 + 1)
-        slices, lead = [], []
-        for size, k, m in zip(sizes[:-1], kept, stored):
-            low, high = kept_frequencies(size, k)
-            slices.append(slice(m // 2 + low, m // 2 + high + 1))
-            lead.append((low, high, size))
-        slices.append(slice(0, width))
-        slices, lead = tuple(slices), tuple(lead)
+        slices, width, lead = self.kept_modes(sizes)
         zero = [-low for low, _, _ in lead]  # where frequency 0 lands among the kept ones
 
         if torch.is_grad_enabled():
@@ -170,7 +173,7 @@ class SpectralConv(_SpectralConv):
             else:
                 y = contract_real(z, self._weight(slices))
             if offset is not None:
-                y[(slice(None), slice(None), 0, *zero)] += offset * _dc_gain(sizes, self.fft_norm)
+                y[(slice(None), slice(None), 0, *zero)] += offset * dc_gain(sizes, self.fft_norm)
             out = inverse_modes(y, sizes[-1], lead, self.fft_norm)
         if self.bias is not None:
             out = out + self.bias

@@ -236,8 +236,25 @@ def test_fourier_layer_inference_matches_its_formula(dim, shape, batch, residual
     with torch.inference_mode():
         fast = layer(x)
     torch.testing.assert_close(fast, expected)
-    # With autograd on (training, or evaluation with gradients) the formula runs as written.
-    assert torch.equal(layer.train()(x), _layer_reference(layer, x))
+
+
+@pytest.mark.parametrize("dim, shape", [(2, (20, 24)), (2, (21, 23)), (2, (5, 7)), (3, (8, 10, 12)), (3, (7, 9, 11))])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("residual", [True, False])
+def test_fourier_layer_training_matches_its_formula_and_gradients(dim, shape, batch, residual):
+    """With autograd on, the layer is one function (FourierLayerFunction): same value, same gradients."""
+    torch.manual_seed(0)
+    layer = FourierLayer(dim, 6, [8] * dim, residual=residual).train()
+    torch.nn.init.normal_(layer.pointwise.bias)
+    x = torch.randn(batch, 6, *shape, requires_grad=True)
+    out = layer(x)
+    assert out.grad_fn.name() == "FourierLayerFunctionBackward"
+    expected = _layer_reference(layer, x)
+    torch.testing.assert_close(out, expected)
+    g = torch.randn_like(out)
+    inputs = [x, *layer.parameters()]
+    for a, b in zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(expected, inputs, g)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("dim, shape", [(2, (40, 48)), (2, (41, 47)), (3, (12, 14, 16)), (3, (13, 15, 17))])
