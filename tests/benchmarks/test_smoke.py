@@ -154,3 +154,13 @@ def test_floor_smoke(tmp_path):
     data = json.loads((tmp_path / "floor.json").read_text())
     assert data["floor_ms"] > 0 and data["ratio"] > 0 and len(data["rows"]) >= 10
     assert "floor" in (tmp_path / "floor.md").read_text()
+
+
+def test_targets_smoke(tmp_path):
+    from benchmarks import bench_targets
+    assert bench_targets.main(["--threads", "1", "--rounds", "2", "--repeats", "1", "--floor_repeats", "1",
+                               "--train_shape", "16", "32", "--infer_shape", "32", "32", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "targets.json").read_text())
+    assert len(data["targets"]) == 4 and data["floor_s"] > 0
+    assert all(len(c["round_medians_s"]) == 2 for c in data["cells"])
+    assert "16x32, batch 8" in (tmp_path / "targets.md").read_text()
