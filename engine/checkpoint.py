@@ -110,3 +110,44 @@ def load_model(folder, ckpt_epoch=None, device="cpu"):
     info = {"checkpoint": tag, "epoch": payload.get("epoch"), "train_size": payload.get("train_size"), "path": str(path),
             "model_config": payload["model_config"]}
     return model, info
+
+
+FOLD_REPAIR_CHOICES = ("on", "off")
+
+
+def set_fold_repair(model, info, setting):
+    """Override a loaded model's ``fold_repair`` for this run (``--fold_repair on|off``).
+
+    The model config stored with the weights decides by default (``setting`` None). With
+    ``"off"`` an FNOReg trained with ``fold_repair`` reports its network's own field; with
+    ``"on"`` one trained without it gets the repair. The returned ``info`` records the config that
+    actually ran, so summaries never claim a repair that did not happen.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        From :func:`load_model`.
+    info : dict
+        :func:`load_model`'s info; not modified.
+    setting : {"on", "off"} or None
+
+    Returns
+    -------
+    dict
+        ``info`` with ``model_config["fold_repair"]`` as run and ``fold_repair_override`` set.
+
+    Raises
+    ------
+    UserError
+        A setting other than on/off, or a model without the option (baselines).
+    """
+    if setting is None:
+        return info
+    if setting not in FOLD_REPAIR_CHOICES:
+        raise UserError(f"--fold_repair must be on or off, got {setting!r}")
+    if not hasattr(model, "fold_repair"):
+        raise UserError(f"--fold_repair applies to FNOReg models only; this experiment's model is "
+                        f"{type(model).__name__}, whose fields are never repaired; drop the flag")
+    model.fold_repair = setting == "on"
+    return {**info, "model_config": {**info["model_config"], "fold_repair": model.fold_repair},
+            "fold_repair_override": setting}

@@ -63,7 +63,7 @@ from data.dataset import load_split
 from data.resize import shape_for_size
 from engine import experiment as xp
 from engine.batches import DeviceSplit
-from engine.checkpoint import load_model
+from engine.checkpoint import FOLD_REPAIR_CHOICES, load_model, set_fold_repair
 from engine.config import load_config, resolve_config
 from engine.plotting import dice_boxplot, registration_panel, save_figure
 from engine.reports import format_table, summarize, write_per_label_csv, write_per_pair_csv
@@ -95,6 +95,9 @@ def evaluation_parser(dim):
                         "(default 0: off)")
     parser.add_argument("--refine_lr", type=float, default=DEFAULT_REFINE_LR,
                         help=f"refinement step in pixels (default {DEFAULT_REFINE_LR})")
+    parser.add_argument("--fold_repair", choices=FOLD_REPAIR_CHOICES,
+                        help="override the trained FNOReg's fold_repair: off scores the network's own field, on "
+                        "adds the repair; outputs go to _repairoff / _repairon folders (default: as trained)")
     return parser
 
 
@@ -118,8 +121,9 @@ def evaluation_shapes(sizes, full_shape):
     return out
 
 
-def output_folder(exp_folder, checkpoint, size, split="test", data_tag=None, score_on="native", refine=0):
-    """``exp_folder/eval/<checkpoint>_<size>[_<data_tag>][_evalgrid][_refine<K>][_val]``.
+def output_folder(exp_folder, checkpoint, size, split="test", data_tag=None, score_on="native", refine=0,
+                  fold_repair=None):
+    """``exp_folder/eval/<checkpoint>_<size>[_<data_tag>][_evalgrid][_refine<K>][_repair<on|off>][_val]``.
 
     Parameters
     ----------
@@ -137,6 +141,8 @@ def output_folder(exp_folder, checkpoint, size, split="test", data_tag=None, sco
         ``_evalgrid`` is appended for ``eval`` (label maps subsampled to the evaluation grid).
     refine : int
         ``_refine<K>`` is appended for ``K`` refinement steps.
+    fold_repair : {"on", "off"}, optional
+        ``_repair<on|off>`` is appended when ``--fold_repair`` overrides the trained setting.
     """
     name = f"{checkpoint}_{size}"
     if data_tag:
@@ -145,6 +151,8 @@ def output_folder(exp_folder, checkpoint, size, split="test", data_tag=None, sco
         name += "_evalgrid"
     if refine:
         name += f"_refine{refine}"
+    if fold_repair:
+        name += f"_repair{fold_repair}"
     if split != "test":
         name += f"_{split}"
     return Path(exp_folder) / "eval" / name
@@ -285,7 +293,7 @@ def _data_from(config_file, config, dim, exp_num, progress):
 
 def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test", gpu_num=0, batch_size=None,
                         n_panels=N_PANELS, progress=True, score_on="native", config_file=None, refine=0,
-                        refine_lr=DEFAULT_REFINE_LR):
+                        refine_lr=DEFAULT_REFINE_LR, fold_repair=None):
     """Evaluate experiment ``exp_num`` at each requested size; the API behind ``evaluate_<dim>d.py``.
 
     Parameters
@@ -319,6 +327,9 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
         weights and a folding penalty; outputs go to ``_refine<K>`` folders.
     refine_lr : float
         Refinement Adam step, in pixels.
+    fold_repair : {"on", "off"}, optional
+        Override the trained FNOReg's ``fold_repair`` (:func:`engine.checkpoint.set_fold_repair`);
+        outputs go to ``_repair<on|off>`` folders and the summaries record the setting that ran.
 
     Returns
     -------
@@ -347,6 +358,7 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
     batch_size = batch_size or tc["val_batch_size"] or tc["batch_size"]
     device = select_device(gpu_num)
     model, info = load_model(folder, ckpt_epoch, device)
+    info = set_fold_repair(model, info, fold_repair)
     data = load_split(data_config, dim, split)
     if len(data.pairs) == 0:
         raise ConfigError(f"the {split} split of experiment {exp_num} has no pairs; widen data_config.splits.{split}")
@@ -358,7 +370,8 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
                "label_scheme": data_config["label_scheme"], "data_tag": tag, "config_file": config_path,
                "data_config": data_config,
                "device": str(device), "versions": xp.software_versions(), "git_commit": xp.git_commit(),
-               "refine_steps": refine, "refine_lr": refine_lr if refine else None}
+               "refine_steps": refine, "refine_lr": refine_lr if refine else None,
+               "fold_repair_override": info.get("fold_repair_override")}
     loss = refine_loss(RegistrationLoss.from_config(tc))
     if refine:
         context["refine_loss"] = {k: getattr(loss, k) for k in ("similarity", "reg_param", "jac_param", "ncc_window")}
@@ -371,7 +384,7 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
             model.check_input_shape(shape)
     summaries = []
     for size, shape in shapes:
-        out_dir = output_folder(folder, info["checkpoint"], size, split, tag, score_on, refine)
+        out_dir = output_folder(folder, info["checkpoint"], size, split, tag, score_on, refine, fold_repair)
         summaries.append(evaluate_at(model, data, size, shape, out_dir, context, batch_size, n_panels, progress,
                                      data_config["antialias"], score_on, refiner if refine else None))
         if progress:
@@ -384,7 +397,8 @@ def evaluate_main(dim, argv=None):
     args = evaluation_parser(dim).parse_args(argv)
     summaries = evaluate_experiment(dim, args.exp_num, args.ckpt_epoch, args.size, args.split, args.gpu_num,
                                     args.batch_size, args.n_panels, score_on=args.score_on,
-                                    config_file=args.config_file, refine=args.refine, refine_lr=args.refine_lr)
+                                    config_file=args.config_file, refine=args.refine, refine_lr=args.refine_lr,
+                                    fold_repair=args.fold_repair)
     s = summaries[0]
     trained = "x".join(map(str, s["train_size"])) if s["train_size"] else "?"
     print(f"experiment {s['exp_num']} ({dim}D {s['model_name']}, {s['n_params']:,} parameters), checkpoint "

@@ -51,7 +51,7 @@ import torch
 from data.nifti import drop_trailing_singletons, integral_labels
 from data.resize import resize_images, resize_labels
 from engine import experiment as xp
-from engine.checkpoint import load_model
+from engine.checkpoint import FOLD_REPAIR_CHOICES, load_model, set_fold_repair
 from engine.metrics import folding_percent, jacobian_determinant, mean_dice, sdlogj
 from engine.plotting import registration_panel, save_figure
 from engine.refine import DEFAULT_REFINE_LR, refine_field, refine_loss
@@ -189,7 +189,7 @@ def _check_aspect(shape, train_size, path):
 
 
 def register_files(exp_num, dim, moving, fixed, out, moving_seg=None, fixed_seg=None, ckpt_epoch=None, gpu_num=0,
-                   rescale=False, refine=0, refine_lr=DEFAULT_REFINE_LR):
+                   rescale=False, refine=0, refine_lr=DEFAULT_REFINE_LR, fold_repair=None):
     """Register ``moving`` onto ``fixed`` with experiment ``exp_num`` and write the outputs to ``out``.
 
     Parameters
@@ -216,6 +216,9 @@ def register_files(exp_num, dim, moving, fixed, out, moving_seg=None, fixed_seg=
         under ``network``.
     refine_lr : float
         Refinement Adam step, in pixels.
+    fold_repair : {"on", "off"}, optional
+        Override the trained FNOReg's ``fold_repair`` (:func:`engine.checkpoint.set_fold_repair`);
+        ``registration.json`` records the setting that ran.
 
     Returns
     -------
@@ -235,6 +238,7 @@ def register_files(exp_num, dim, moving, fixed, out, moving_seg=None, fixed_seg=
     folder = xp.experiment_dir(dim, exp_num)
     device = select_device(gpu_num)
     model, info = load_model(folder, ckpt_epoch, device)
+    info = set_fold_repair(model, info, fold_repair)
 
     shape = fix.array.shape
     _check_aspect(shape, info["train_size"], fix.path)
@@ -306,7 +310,7 @@ def register_files(exp_num, dim, moving, fixed, out, moving_seg=None, fixed_seg=
     save_figure(fig, paths["panel"])
     summary = {"moving": str(mov.path), "fixed": str(fix.path), "moving_seg": moving_seg and str(mov_seg.path),
                "fixed_seg": fixed_seg and str(fix_seg.path), "exp_num": exp_num, "dim": dim,
-               "model_config": info["model_config"],
+               "model_config": info["model_config"], "fold_repair_override": info.get("fold_repair_override"),
                "checkpoint": info["checkpoint"], "checkpoint_path": info["path"], "train_size": info["train_size"],
                "moving_shape": list(mov.array.shape), "fixed_shape": list(shape), "rescaled": bool(rescale),
                "device": str(device), "folding_percent": folding, "sdlogj": sd, "max_displacement_voxels":
@@ -349,6 +353,9 @@ def register_parser():
                         help=f"refinement step in pixels (default {DEFAULT_REFINE_LR})")
     parser.add_argument("--rescale", action="store_true", help="min-max rescale both images to [0, 1] for the "
                         "network (default: intensities as given, expected in [0, 1])")
+    parser.add_argument("--fold_repair", choices=FOLD_REPAIR_CHOICES,
+                        help="override the trained FNOReg's fold_repair: off gives the network's own field, on adds "
+                        "the repair (default: as trained)")
     return parser
 
 
@@ -358,7 +365,8 @@ def register_main(argv=None):
     if args.fixed_seg and not args.moving_seg:
         raise UserError("--fixed_seg needs --moving_seg (Dice compares the warped moving labels with it)")
     result = register_files(args.exp_num, args.dim, args.moving, args.fixed, args.out, args.moving_seg,
-                            args.fixed_seg, args.ckpt_epoch, args.gpu_num, args.rescale, args.refine, args.refine_lr)
+                            args.fixed_seg, args.ckpt_epoch, args.gpu_num, args.rescale, args.refine, args.refine_lr,
+                            args.fold_repair)
     net = result.get("network")
     if net is not None:
         line = f"network alone: folding {net['folding_percent']:.3f}%"

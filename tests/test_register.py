@@ -183,3 +183,16 @@ def test_refine_reports_the_network_alone_and_refined(exp_root, subjects, tmp_pa
     assert summary["refine_steps"] == 10 and summary["seconds_refine"] > 0
     field, _ = load(out / "displacement.nii.gz")
     assert np.abs(field).max() > 0
+
+
+def test_fold_repair_flag_is_recorded(exp_root, subjects, tmp_path, capsys):
+    images, _ = subjects[2]
+    moving = save(tmp_path / "m.nii.gz", images[0])
+    fixed = save(tmp_path / "f.nii.gz", images[1])
+    assert register("--exp_num", 1, "--dim", 2, "--moving", moving, "--fixed", fixed, "--out", tmp_path / "on",
+                    "--fold_repair", "on") == 0
+    summary = json.loads((tmp_path / "on" / "registration.json").read_text())
+    assert summary["fold_repair_override"] == "on" and summary["model_config"]["fold_repair"] is True
+    assert register("--exp_num", 1, "--dim", 2, "--moving", moving, "--fixed", fixed, "--out", tmp_path / "plain") == 0
+    plain = json.loads((tmp_path / "plain" / "registration.json").read_text())
+    assert plain["fold_repair_override"] is None and not plain["model_config"].get("fold_repair", False)

@@ -348,3 +348,35 @@ def test_refine_flag_errors(exp_root, capsys):
         with pytest.raises(SystemExit):
             evaluate(2, "--exp_num", "1", "--refine", "-1")
     assert "--refine" in one_error_line(capsys)
+
+
+def test_fold_repair_flag_overrides_the_trained_setting_in_its_own_folder(exp_root, capsys):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FNOREG_EXPERIMENTS_DIR", str(exp_root))
+        assert evaluate(2, "--exp_num", "1", "--fold_repair", "on", "--n_panels", "0") == 0
+        assert evaluate(2, "--exp_num", "1", "--fold_repair", "off", "--n_panels", "0") == 0
+    plain = json.loads((default_eval(exp_root, 2) / "summary.json").read_text())
+    assert not plain["model_config"].get("fold_repair", False) and plain["fold_repair_override"] is None
+    for setting in ("on", "off"):
+        folder = default_eval(exp_root, 2).with_name(default_eval(exp_root, 2).name + f"_repair{setting}")
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["fold_repair_override"] == setting
+        assert summary["model_config"]["fold_repair"] is (setting == "on")  # what ran, not what was trained
+        # A field that folds nowhere is returned unchanged by the repair: the same scores.
+        if plain["folding_percent_mean"] == 0:
+            assert summary["dice_mean"] == pytest.approx(plain["dice_mean"])
+
+
+def test_set_fold_repair_validates_and_leaves_the_info_it_was_given():
+    from engine.checkpoint import set_fold_repair
+
+    model = build_model("fnoreg", {**MODEL[2], "fold_repair": True}, 2)
+    info = {"model_config": {**MODEL[2], "fold_repair": True}}
+    assert set_fold_repair(model, info, None) is info and model.fold_repair
+    out = set_fold_repair(model, info, "off")
+    assert model.fold_repair is False and out["model_config"]["fold_repair"] is False
+    assert info["model_config"]["fold_repair"] is True  # the caller's record is not modified
+    with pytest.raises(UserError, match="FNOReg models only"):
+        set_fold_repair(build_model("voxelmorph", {"preset": "vxm2"}, 2), {"model_config": {}}, "off")
+    with pytest.raises(UserError, match="on or off"):
+        set_fold_repair(model, info, "maybe")
