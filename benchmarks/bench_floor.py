@@ -5,9 +5,10 @@ avoid, each timed alone on a contiguous operand at the exact shape the model use
 run as the model (so both see the same machine):
 
 - per Fourier layer: the real FFT along the last axis (all rows), the FFT along every other axis
-  of the kept columns only, the contraction of the kept modes (the faster of the real block and
-  the complex batched matrix product, with the weight already laid out, one weight per layer as
-  in the model, so that it is read from memory and not from the cache), the inverse transforms
+  of the kept columns only, the contraction of the kept modes (the faster of the real form on the
+  weight's interleaved real view and the complex batched matrix product, with the weight already
+  laid out, one weight per layer as in the model, so that it is read from memory and not from
+  the cache), the inverse transforms
   of the kept columns and rows, the 1x1 convolution as a matrix product, and the add, GELU and
   residual add;
 - per FFC (two per block, two blocks): the reduce and expand 1x1 products, the Fourier unit's
@@ -68,9 +69,11 @@ def fourier_layer_kernels(c, shape, n_modes, n_layers=1):
     modes = rows * width
     # One weight per layer, used in turn: the model reads a different weight in every layer, and
     # a weight reused call after call would be timed from the cache (it is megabytes).
-    real_w = [torch.randn(modes, 2 * c, 2 * c) for _ in range(n_layers)]
+    # The real form as the model runs it: [x_re; x_im] (2 rows at batch 1) times the weight's
+    # interleaved real view (C, 2C); the complex form: one complex row times (C, C).
+    real_w = [torch.randn(modes, c, 2 * c) for _ in range(n_layers)]
     cplx_w = [torch.randn(modes, c, c, dtype=torch.cfloat) for _ in range(n_layers)]
-    real_x, cplx_x = torch.randn(modes, 1, 2 * c), torch.randn(modes, 1, c, dtype=torch.cfloat)
+    real_x, cplx_x = torch.randn(modes, 2, c), torch.randn(modes, 1, c, dtype=torch.cfloat)
     spec = torch.zeros(1, c, h, width, dtype=torch.cfloat)
     turn = iter(range(10**9))
     real_contract = lambda: torch.bmm(real_x, real_w[next(turn) % n_layers])  # noqa: E731
