@@ -20,7 +20,8 @@ this takes about one forward pass plus one more small matrix product.
 import torch
 from torch.autograd.function import once_differentiable
 
-DUAL_NORM = {"forward": "backward", "backward": "forward", "ortho": "ortho"}
+# The adjoint of an FFT with one normalisation is the inverse FFT with the other (None: "backward").
+DUAL_NORM = {"forward": "backward", "backward": "forward", "ortho": "ortho", None: "forward"}
 
 
 # -- weights ----------------------------------------------------------------------------------

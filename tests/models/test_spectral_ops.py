@@ -45,7 +45,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("sizes, kept", CASES)
-@pytest.mark.parametrize("norm", ["forward", "backward", "ortho"])
+@pytest.mark.parametrize("norm", ["forward", "backward", "ortho", None])
 def test_gradcheck(sizes, kept, norm):
     torch.manual_seed(0)
     width, lead = _geometry(sizes, kept)
