@@ -39,9 +39,10 @@ import contextlib
 
 import torch
 from neuralop.layers.spectral_convolution import SpectralConv as _SpectralConv
+from tltorch.factorized_tensors import TuckerTensor
 
 from .spectral_ops import (SpectralFunction, complex_weight, contract_complex, contract_real, dc_gain,
-                           forward_modes, inverse_modes)
+                           forward_modes, inverse_modes, tucker_weight)
 
 
 def kept_frequencies(size, kept):
@@ -96,8 +97,13 @@ class SpectralConv(_SpectralConv):
             key = (slices, tuple((p.data_ptr(), p._version) for p in self.parameters()))
             if self._cache is None or self._cache[0] != key:
                 self._cache = None  # free the old one before building the new one
-                self._cache = (key, complex_weight(self._dense(slices)))
+                self._cache = (key, self._build_weight(slices))
             return self._cache[1]
+        return self._build_weight(slices)
+
+    def _build_weight(self, slices):
+        if isinstance(self.weight, TuckerTensor):
+            return tucker_weight(self.weight.core, self.weight.factors, slices)
         return complex_weight(self._dense(slices))
 
     def _dense(self, slices):

