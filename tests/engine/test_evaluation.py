@@ -252,8 +252,8 @@ def test_register_split_uses_the_weight_cache_and_frees_it(monkeypatch):
                        "test")
     model = build_model("fnoreg", MODEL[2], 2).eval()
     rebuilds = []
-    original = SpectralConv._dense
-    monkeypatch.setattr(SpectralConv, "_dense", lambda self, *a: rebuilds.append(self) or original(self, *a))
+    original = SpectralConv._build_weight
+    monkeypatch.setattr(SpectralConv, "_build_weight", lambda self, *a: rebuilds.append(self) or original(self, *a))
     register_split(model, DeviceSplit(split, split.shape, "cpu"), split.label_ids, 1, progress=False)
     layers = spectral_layers(model)
     # Four pairs, one at a time, plus a warm-up: each layer rebuilt its weight once, not once per pass.
