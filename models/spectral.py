@@ -41,7 +41,7 @@ import torch
 from neuralop.layers.spectral_convolution import SpectralConv as _SpectralConv
 from tltorch.factorized_tensors import TuckerTensor
 
-from .spectral_ops import (SpectralFunction, complex_weight, contract_complex, contract_real, dc_gain,
+from .spectral_ops import (SpectralFunction, add_at_zero_frequency, complex_weight, contract_complex, contract_real,
                            forward_modes, inverse_modes, tucker_weight)
 
 
@@ -165,7 +165,6 @@ class SpectralConv(_SpectralConv):
                              f"got shape {tuple(x.shape)}")
         sizes = x.shape[2:]
         slices, width, lead = self.kept_modes(sizes)
-        zero = [-low for low, _, _ in lead]  # where frequency 0 lands among the kept ones
 
         if torch.is_grad_enabled():
             out = SpectralFunction.apply(x, self._weight(slices), width, lead, self.fft_norm)
@@ -179,7 +178,7 @@ class SpectralConv(_SpectralConv):
             else:
                 y = contract_real(z, self._weight(slices))
             if offset is not None:
-                y[(slice(None), slice(None), 0, *zero)] += offset * dc_gain(sizes, self.fft_norm)
+                add_at_zero_frequency(y, offset, lead, sizes, self.fft_norm)
             out = inverse_modes(y, sizes[-1], lead, self.fft_norm)
         if self.bias is not None:
             out = out + self.bias

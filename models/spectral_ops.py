@@ -234,6 +234,18 @@ def dc_gain(sizes, norm):
     return {"forward": 1.0, "ortho": n**0.5, "backward": float(n)}[norm or "backward"]
 
 
+def add_at_zero_frequency(y, offset, lead, sizes, norm):
+    """Add ``offset`` (C,) to every output sample through the kept modes' zero frequency, in place.
+
+    ``y`` is a kept spectrum (B, C, width, *kept) of :func:`forward_modes`; after
+    :func:`inverse_modes` the result equals adding ``offset`` to every sample, up to rounding,
+    without a pass over the output.
+    """
+    zero = (slice(None), slice(None), 0, *[-low for low, _, _ in lead])  # frequency 0's position
+    y[zero] += offset * dc_gain(sizes, norm)
+    return y
+
+
 def _doubled(width, n):
     """Per kept last-axis frequency, 2 where the inverse real FFT counts it twice, else 1."""
     scale = torch.full((width,), 2.0)
@@ -241,6 +253,27 @@ def _doubled(width, n):
     if n % 2 == 0 and width == n // 2 + 1:
         scale[-1] = 1.0
     return scale
+
+
+def _contracted_modes(x, weight, width, lead, norm):
+    """Forward half of a training spectral convolution: (contracted kept modes, saved operand)."""
+    z = forward_modes(x, width, lead, norm)
+    operand = stacked_operand(z)
+    return contract_real(z, weight, operand=operand), operand
+
+
+def _spectral_adjoint(grad, operand, weight, n, width, lead, norm):
+    """Backward half: (gradient of the contraction's input modes, gradient of the weight).
+
+    The inverse real FFT's adjoint doubles the twice-counted bins and the real FFT's adjoint
+    halves them: they cancel on the way to the input (:func:`inverse_modes` of the first result,
+    with the dual normalisation), and only the weight gradient keeps the 2.
+    """
+    g = forward_modes(grad, width, lead, DUAL_NORM[norm])
+    gz, gw = contract_real_adjoint(g, operand, weight, g.shape[2:])
+    scale = _doubled(width, n).to(device=gw.device, dtype=gw.real.dtype)
+    gw = gw.view(width, -1, *gw.shape[1:]).mul_(scale.view(-1, 1, 1, 1)).view_as(gw)
+    return gz, gw
 
 
 class SpectralFunction(torch.autograd.Function):
@@ -253,26 +286,18 @@ class SpectralFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, width, lead, norm):
-        z = forward_modes(x, width, lead, norm)
-        operand = stacked_operand(z)
-        y = contract_real(z, weight, operand=operand)
+        y, operand = _contracted_modes(x, weight, width, lead, norm)
         ctx.save_for_backward(operand, weight)
-        ctx.geometry = (z.shape[2:], x.shape[-1], width, lead, norm)
+        ctx.geometry = (x.shape[-1], width, lead, norm)
         return inverse_modes(y, x.shape[-1], lead, norm)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         operand, weight = ctx.saved_tensors
-        modes, n, width, lead, norm = ctx.geometry
-        dual = DUAL_NORM[norm]
-        # The inverse real FFT's adjoint doubles the twice-counted bins and the real FFT's adjoint
-        # halves them: they cancel on the way to x, and only the weight gradient keeps the 2.
-        g = forward_modes(grad.contiguous(), width, lead, dual)
-        gz, gw = contract_real_adjoint(g, operand, weight, modes)
-        scale = _doubled(width, n).to(device=gw.device, dtype=gw.real.dtype)
-        gw = gw.view(width, -1, *gw.shape[1:]).mul_(scale.view(-1, 1, 1, 1)).view_as(gw)
-        gx = inverse_modes(gz, n, lead, dual) if ctx.needs_input_grad[0] else None
+        n, width, lead, norm = ctx.geometry
+        gz, gw = _spectral_adjoint(grad.contiguous(), operand, weight, n, width, lead, norm)
+        gx = inverse_modes(gz, n, lead, DUAL_NORM[norm]) if ctx.needs_input_grad[0] else None
         return gx, gw, None, None, None
 
 
@@ -293,12 +318,9 @@ class FourierLayerFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, pw_weight, pw_bias, width, lead, norm, residual):
         batch, c_in = x.shape[:2]
-        z = forward_modes(x, width, lead, norm)
-        operand = stacked_operand(z)
-        y = contract_real(z, weight, operand=operand)
+        y, operand = _contracted_modes(x, weight, width, lead, norm)
         if pw_bias is not None:
-            zero = (slice(None), slice(None), 0, *[-low for low, _, _ in lead])
-            y[zero] += pw_bias * dc_gain(x.shape[2:], norm)
+            add_at_zero_frequency(y, pw_bias, lead, x.shape[2:], norm)
         pre = inverse_modes(y, x.shape[-1], lead, norm)
         flat = x.reshape(batch, c_in, -1)
         pre.view(batch, pre.shape[1], -1).baddbmm_(pw_weight.expand(batch, -1, -1), flat)
@@ -306,20 +328,17 @@ class FourierLayerFunction(torch.autograd.Function):
         if residual:
             out.add_(x)
         ctx.save_for_backward(operand, weight, pw_weight, flat, pre)
-        ctx.geometry = (z.shape[2:], x.shape[-1], width, lead, norm, residual, pw_bias is not None)
+        ctx.geometry = (x.shape[-1], width, lead, norm, residual, pw_bias is not None)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         operand, weight, pw_weight, flat, pre = ctx.saved_tensors
-        modes, n, width, lead, norm, residual, has_bias = ctx.geometry
+        n, width, lead, norm, residual, has_bias = ctx.geometry
         batch, c_out = grad.shape[:2]
         grad_pre = torch.ops.aten.gelu_backward(grad.contiguous(), pre)
-        g = forward_modes(grad_pre, width, lead, DUAL_NORM[norm])
-        gz, gw = contract_real_adjoint(g, operand, weight, modes)
-        scale = _doubled(width, n).to(device=gw.device, dtype=gw.real.dtype)
-        gw = gw.view(width, -1, *gw.shape[1:]).mul_(scale.view(-1, 1, 1, 1)).view_as(gw)
+        gz, gw = _spectral_adjoint(grad_pre, operand, weight, n, width, lead, norm)
         grad_flat = grad_pre.view(batch, c_out, -1)
         gx = None
         if ctx.needs_input_grad[0]:
