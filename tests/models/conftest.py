@@ -1,4 +1,4 @@
-"""Helpers shared by the baseline-model tests: a phantom pair, one training step, README counts."""
+"""Helpers shared by the model tests: a phantom pair, one training step, README counts, inference checks."""
 
 import re
 from pathlib import Path
@@ -54,3 +54,19 @@ def readme_counts():
     text = README.read_text() if README.exists() else ""
     rows = re.findall(r"^\|\s*`(\w+)/(\w+)`\s*\|\s*([23])D\s*\|\s*([\d,]+)\s*\|", text, flags=re.M)
     return {(model, preset, int(dim)): int(count.replace(",", "")) for model, preset, dim, count in rows}
+
+
+@pytest.fixture()
+def inference_matches():
+    """``inference_matches(module, x, reference)``: the module's inference pass (in place, folded)
+    equals ``reference(module, x)``, the formula written out, computed without gradients."""
+
+    def check(module, x, reference):
+        with torch.no_grad():
+            expected = reference(module, x)
+        with torch.inference_mode():
+            fast = module(x)
+        torch.testing.assert_close(fast, expected)
+        return expected
+
+    return check

@@ -226,16 +226,11 @@ def _layer_reference(layer, x):
 @pytest.mark.parametrize("dim, shape", [(2, (20, 24)), (2, (21, 23)), (3, (8, 10, 12)), (3, (7, 9, 11))])
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("residual", [True, False])
-def test_fourier_layer_inference_matches_its_formula(dim, shape, batch, residual):
+def test_fourier_layer_inference_matches_its_formula(dim, shape, batch, residual, inference_matches):
     torch.manual_seed(0)
     layer = FourierLayer(dim, 6, [8] * dim, residual=residual).eval()
     torch.nn.init.normal_(layer.pointwise.bias)  # non-zero, so its route through frequency 0 counts
-    x = torch.randn(batch, 6, *shape)
-    with torch.no_grad():
-        expected = _layer_reference(layer, x)
-    with torch.inference_mode():
-        fast = layer(x)
-    torch.testing.assert_close(fast, expected)
+    inference_matches(layer, torch.randn(batch, 6, *shape), _layer_reference)
 
 
 @pytest.mark.parametrize("dim, shape", [(2, (20, 24)), (2, (21, 23)), (2, (5, 7)), (3, (8, 10, 12)), (3, (7, 9, 11))])
