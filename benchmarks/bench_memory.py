@@ -1,7 +1,7 @@
 """Peak memory of one training step and of one inference call, per model, at 3D half and full size.
 
 Run: ``python benchmarks/bench_memory.py [--gpu_num -1 0] [--models NAME[/PRESET] ...]
-[--configs LABEL=path.json ...] [--sizes 3d_half 3d_full] [--threads N] [--timeout 900]
+[--configs LABEL=path.json ...] [--sizes 3d_half 3d_full] [--threads N] [--timeout 900] [--jobs 1]
 [--out benchmarks/results]``
 
 Every (device, model, size, mode) cell runs in a fresh child process, so a cell that runs out of
@@ -33,6 +33,7 @@ import resource
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -83,6 +84,8 @@ def child(spec):
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
+    if spec.get("cuda_fraction"):
+        torch.cuda.set_per_process_memory_fraction(spec["cuda_fraction"], device)
     from benchmarks.bench_speed import inference_fn, training_fn
     from benchmarks.common import Entry, build, cannot_run
     from models import count_parameters
@@ -160,8 +163,7 @@ def run_cell(spec, timeout):
     return {"status": "error", "reason": short_reason(f"exit {proc.returncode}: {tail}")}
 
 
-def bench(entries, sizes, devices, threads=None, timeout=900.0, mem_limit_bytes=None, modes=MODES, progress=True):
-    cells = []
+def _cell_specs(entries, sizes, devices, threads, mem_limit_bytes, modes):
     for device in devices:
         for entry in entries:
             for dim in sorted(entry.dims):
@@ -174,12 +176,51 @@ def bench(entries, sizes, devices, threads=None, timeout=900.0, mem_limit_bytes=
                         cell = {k: spec[k] for k in ("device", "label", "model_name", "model_config", "dim", "shape",
                                                      "mode")}
                         cell.update(size=size_name, pixels=math.prod(shape), config_file=entry.config_file)
-                        cell.update(run_cell(spec, timeout))
-                        cells.append(cell)
-                        if progress:
-                            what = (f"peak {cell['peak_bytes'] / MIB:,.0f} MiB, step {cell['step_bytes'] / MIB:,.0f} MiB"
-                                    if cell["status"] == "ok" else f"{cell['status']} ({cell.get('reason', '')})")
-                            print(f"{device} {entry.label} {size_name} {mode}: {what}", file=sys.stderr, flush=True)
+                        yield spec, cell
+
+
+def _report(cell):
+    what = (f"peak {cell['peak_bytes'] / MIB:,.0f} MiB, step {cell['step_bytes'] / MIB:,.0f} MiB"
+            if cell["status"] == "ok" else f"{cell['status']} ({cell.get('reason', '')})")
+    print(f"{cell['device']} {cell['label']} {cell['size']} {cell['mode']}: {what}", file=sys.stderr, flush=True)
+
+
+def bench(entries, sizes, devices, threads=None, timeout=900.0, mem_limit_bytes=None, modes=MODES, progress=True,
+          jobs=1):
+    """Measure every (device, entry, size, mode) cell, each in its own child process.
+
+    With ``jobs`` > 1 that many children run at once. The peaks stay per process (CUDA counts
+    each process's own allocations; the CPU figure is each process's resident set), but the
+    children share the memory: a CPU child's address-space cap is divided by ``jobs``, and a CUDA
+    child may take at most ``0.95 / jobs`` of the GPU. A CUDA cell that runs out of memory under
+    that share is measured again alone afterwards, so an ``out of memory`` in the results always
+    means the whole device (or the CPU cap) was too small.
+    """
+    work = list(_cell_specs(entries, sizes, devices, threads, mem_limit_bytes, modes))
+    if jobs > 1:
+        for spec, _ in work:
+            if spec["device"] != "cpu":
+                spec["cuda_fraction"] = 0.95 / jobs
+            elif spec["mem_limit_bytes"]:
+                spec["mem_limit_bytes"] = spec["mem_limit_bytes"] // jobs
+
+    def measure(item):
+        spec, cell = item
+        cell = dict(cell, **run_cell(spec, timeout))
+        if cell["status"] == "out of memory" and spec.get("cuda_fraction"):
+            cell["shared"] = True  # to be measured again alone
+        elif progress:
+            _report(cell)
+        return cell
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        cells = list(pool.map(measure, work))
+    for i, (spec, cell) in enumerate(work):
+        if cells[i].pop("shared", False):
+            alone = {k: v for k, v in spec.items() if k != "cuda_fraction"}
+            cells[i] = dict(cell, **run_cell(alone, timeout))
+            if progress:
+                _report(cells[i])
     return cells
 
 
@@ -232,6 +273,9 @@ def parser():
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per cell before it is reported timed out")
     p.add_argument("--mem_limit_gb", type=float,
                    help="address-space cap of a CPU child (default 75%% of the memory available at the start)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="cells measured at once, each in its own process (a CUDA child may take 0.95/jobs of the "
+                        "GPU; cells that run out of memory under that share are measured again alone)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p
@@ -259,12 +303,13 @@ def main(argv=None):
     available = available_memory_bytes()
     limit = int(args.mem_limit_gb * 2**30) if args.mem_limit_gb else (int(0.75 * available) if available else None)
     info = machine_info(devices[-1])
-    cells = bench(entries, sizes, devices, args.threads or torch.get_num_threads(), args.timeout, limit, args.modes)
+    cells = bench(entries, sizes, devices, args.threads or torch.get_num_threads(), args.timeout, limit, args.modes,
+                  jobs=args.jobs)
     finish_machine_info(info)
     result = {"benchmark": "memory", "machine": info,
               "command": "python benchmarks/bench_memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "settings": {"sizes": {n: list(s) for n, s in sizes}, "devices": devices, "timeout_s": args.timeout,
-                           "cpu_mem_limit_bytes": limit, "available_bytes_at_start": available,
+                           "cpu_mem_limit_bytes": limit, "available_bytes_at_start": available, "jobs": args.jobs,
                            "threads": args.threads or torch.get_num_threads()},
               "cells": cells}
     json_path, md_path = write_outputs(args.out, "memory", result, markdown(result))

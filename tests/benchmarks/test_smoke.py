@@ -78,6 +78,26 @@ def test_memory_reports_a_failed_child():
     assert cell["status"] in ("out of memory", "error")
 
 
+def test_memory_jobs_keep_order_and_remeasure_shared_oom_alone(monkeypatch):
+    """Under --jobs a CUDA child gets a share of the GPU; one that runs out of it is measured alone."""
+    seen = []
+
+    def fake_run_cell(spec, timeout):
+        seen.append(dict(spec))
+        if spec["device"] != "cpu" and spec["shape"] == [32, 32, 32] and spec.get("cuda_fraction"):
+            return {"status": "out of memory", "reason": "share"}
+        return {"status": "ok", "peak_bytes": 2**20 * len(spec["shape"]), "step_bytes": 0, "before_bytes": 1}
+
+    monkeypatch.setattr(bench_memory, "run_cell", fake_run_cell)
+    entries = common.parse_models(["voxelmorph/vxm2"], [])
+    sizes = [("a", (16, 16, 16)), ("b", (32, 32, 32))]
+    cells = bench_memory.bench(entries, sizes, ["cuda:0"], threads=1, modes=("training",), progress=False, jobs=2)
+    assert [c["size"] for c in cells] == ["a", "b"] and all(c["status"] == "ok" for c in cells)
+    assert all(s["cuda_fraction"] == pytest.approx(0.475) for s in seen[:2])
+    assert "cuda_fraction" not in seen[2] and seen[2]["shape"] == [32, 32, 32]  # the rerun, alone
+    assert not any("shared" in c for c in cells)
+
+
 class FakeAnts(types.ModuleType):
     """Enough of antspyx for the ANTs path: the identity registration."""
 

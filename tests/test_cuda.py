@@ -1,0 +1,141 @@
+"""CUDA against the CPU: every model's training and inference paths give the same numbers.
+
+Skipped where CUDA is absent (CI). On a GPU machine this is the check that the hand-written
+kernels (``models.spectral_ops``), the weight cache, the CPU-only fused batch norm's fallback,
+the warp, the diffeomorphic integration and the fold repair do on CUDA what they do on the CPU:
+same flows, same loss gradients, at even and odd sizes and at sizes below the kept modes.
+
+TF32 is switched off here so that differences measure the code, not the arithmetic (cuDNN
+convolutions use TF32 by default on Ampere and later). Tolerances are relative to the
+reference's scale: 1e-3 for values and 5e-3 for gradient norms, loose enough for cuFFT against
+pocketFFT through 15 layers and tight enough for any indexing or normalisation mistake (those
+are O(1)).
+"""
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available here")
+
+from losses.registration import RegistrationLoss  # noqa: E402
+from models import build_model, warp  # noqa: E402
+from models.spectral import weight_cache  # noqa: E402
+from models.spectral_ops import FourierLayerFunction, SpectralFunction  # noqa: E402
+
+CUDA = torch.device("cuda")
+
+# (model_name, model_config, dim, sizes): sizes even, odd, and below FNOReg's kept modes.
+CASES = [
+    ("fnoreg", {"preset": "small"}, 2, [(80, 96), (81, 95), (33, 41)]),
+    ("fnoreg", {"preset": "large"}, 2, [(64, 80)]),
+    ("fnoreg", {"preset": "small", "diffeomorphic": True, "band_limit": True, "fold_repair": True}, 2, [(80, 96), (65, 77)]),
+    ("fnoreg", {"preset": "3d"}, 3, [(24, 28, 32), (25, 27, 33)]),
+    ("fnoreg", {"preset": "3d", "checkpointing": True}, 3, [(24, 28, 32)]),
+    ("fno", {"preset": "small"}, 2, [(80, 96), (81, 95)]),
+    ("voxelmorph", {"preset": "vxm2"}, 2, [(80, 96), (48, 64)]),
+    ("voxelmorph", {"preset": "large"}, 3, [(32, 32, 32)]),
+    ("fouriernet", {"preset": "c16"}, 2, [(80, 96)]),
+    ("fouriernet", {"preset": "c16", "diffeomorphic": True}, 3, [(32, 32, 48)]),
+    ("transmorph", {"preset": "3stage", "drop_path_rate": 0.0}, 2, [(80, 96)]),
+    ("transmorph", {"preset": "small", "drop_path_rate": 0.0}, 3, [(64, 64, 64)]),
+]
+
+
+def _ids(case):
+    name, config, dim, _ = case
+    extra = ",".join(k for k in config if k not in ("preset", "drop_path_rate"))
+    return f"{name}-{config['preset']}-{dim}d" + (f"-{extra}" if extra else "")
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _close(got, ref, rtol):
+    err = (got.detach().cpu() - ref.detach()).abs().max().item()
+    scale = ref.detach().abs().max().item()
+    assert err <= rtol * scale + 1e-6, f"max error {err:.3g} against scale {scale:.3g}"
+
+
+def _pair(dim, shape, batch=2):
+    g = torch.Generator().manual_seed(1)
+    moving = torch.rand(batch, 1, *shape, generator=g)
+    # A smooth shift of the moving image, so that the pair has something to register.
+    fixed = torch.roll(moving, shifts=(2,) * dim, dims=tuple(range(2, 2 + dim)))
+    return moving, fixed
+
+
+def _models(name, config, dim):
+    torch.manual_seed(0)
+    cpu = build_model(name, config, dim)
+    with torch.no_grad():  # zero-initialised heads would make every flow zero: give them values
+        for p in cpu.parameters():
+            if p.abs().max() == 0:
+                p.copy_(0.05 * torch.randn_like(p))
+    gpu = build_model(name, config, dim)
+    gpu.load_state_dict(cpu.state_dict())
+    return cpu, gpu.to(CUDA)
+
+
+def _loss(model, moving, fixed):
+    flow = model(moving, fixed)
+    return RegistrationLoss("mse", reg_param=0.01)(fixed, warp(moving, flow), flow)[0], flow
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
+def test_training_step_matches_cpu(case):
+    name, config, dim, sizes = case
+    cpu, gpu = _models(name, config, dim)
+    cpu.train(), gpu.train()
+    for shape in sizes:
+        moving, fixed = _pair(dim, shape)
+        cpu.zero_grad(), gpu.zero_grad()
+        loss_c, flow_c = _loss(cpu, moving, fixed)
+        loss_g, flow_g = _loss(gpu, moving.to(CUDA), fixed.to(CUDA))
+        assert flow_g.device.type == "cuda"
+        _close(flow_g, flow_c, 1e-3)
+        loss_c.backward(), loss_g.backward()
+        for (pname, pc), pg in zip(cpu.named_parameters(), gpu.parameters()):
+            if pc.grad is None:
+                assert pg.grad is None, pname
+                continue
+            ref = pc.grad.norm().item()
+            diff = (pg.grad.cpu() - pc.grad).norm().item()
+            assert diff <= 5e-3 * ref + 1e-7, f"{shape} {pname}: gradient differs by {diff:.3g} (norm {ref:.3g})"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
+def test_inference_matches_cpu(case):
+    name, config, dim, sizes = case
+    cpu, gpu = _models(name, config, dim)
+    cpu.eval(), gpu.eval()
+    for shape in sizes:
+        moving, fixed = _pair(dim, shape, batch=1)
+        with torch.inference_mode(), weight_cache(cpu), weight_cache(gpu):
+            ref = cpu(moving, fixed)
+            got = gpu(moving.to(CUDA), fixed.to(CUDA))
+            again = gpu(moving.to(CUDA), fixed.to(CUDA))  # from the cached weights
+        _close(got, ref, 1e-3)
+        torch.testing.assert_close(again, got)
+
+
+@pytest.mark.parametrize("dim, sizes, kept", [(2, (20, 17), (12, 10)), (3, (9, 10, 7), (12, 6, 6))])
+@pytest.mark.parametrize("norm", ["forward", "ortho"])
+def test_spectral_kernels_gradcheck_on_cuda(dim, sizes, kept, norm):
+    from models.spectral import SpectralConv
+
+    torch.manual_seed(0)
+    conv = SpectralConv(3, 3, n_modes=kept, bias=False, factorization=None, fft_norm=norm).to(CUDA)
+    slices, width, lead = conv.kept_modes(sizes)
+    modes = conv.weight_for(slices).shape[0]
+    x = torch.randn(2, 3, *sizes, dtype=torch.float64, device=CUDA, requires_grad=True)
+    w = torch.randn(modes, 3, 3, dtype=torch.complex128, device=CUDA, requires_grad=True)
+    pw = torch.randn(3, 3, dtype=torch.float64, device=CUDA, requires_grad=True)
+    pb = torch.randn(3, dtype=torch.float64, device=CUDA, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: SpectralFunction.apply(a, b, width, lead, norm), (x, w))
+    assert torch.autograd.gradcheck(
+        lambda a, b, c, d: FourierLayerFunction.apply(a, b, c, d, width, lead, norm, True), (x, w, pw, pb))
