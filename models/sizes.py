@@ -58,10 +58,15 @@ def check_multiple(model_name, shape, multiple, reason):
     shape = tuple(int(n) for n in shape)
     if all(n % multiple == 0 for n in shape):
         return
-    hint = nearest_allowed_shapes(shape, multiple)
-    tail = ""
+    # --size keeps the aspect ratio, so only a shape with a friendly one has a near --size; an
+    # odd shape (81x95) would be sent to 368x432. Offer those near ones, and always pad / crop.
+    low = min(shape)
+    hint = [s for s in nearest_allowed_shapes(shape, multiple) if low / 3 <= min(s) <= 3 * low]
+    down = tuple(max(multiple, n // multiple * multiple) for n in shape)
+    up = tuple(-(-n // multiple) * multiple for n in shape)
+    tail = f"; pad to {_fmt(up)}" + ("" if down == up else f" or crop to {_fmt(down)}")
     if hint:
-        tail = "; nearest sizes that work: " + ", ".join(f"{_fmt(s)} (--size {min(s)})" for s in hint)
+        tail += ", or resize: " + ", ".join(f"{_fmt(s)} (--size {min(s)})" for s in hint)
     raise InputSizeError(f"{model_name} cannot run at {_fmt(shape)}: every side must be a multiple of {multiple} "
                          f"({reason}){tail}")
 
