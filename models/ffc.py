@@ -12,7 +12,7 @@ from torch import nn
 
 from utils.errors import ConfigError
 
-from .batchnorm import batch_norm_relu
+from .batchnorm import FOLD_CACHE, batch_norm_relu
 from .fft import rfft
 from .nd import batch_norm, conv, conv_with
 
@@ -76,14 +76,25 @@ def folded_conv(layer, bn, x):
     # F.batch_norm's own rule: batch statistics in training, or when none are tracked.
     if bn.training or bn.running_mean is None or bn.running_var is None:
         return None
+    cache = None if torch.is_grad_enabled() else getattr(bn, FOLD_CACHE, None)
+    if cache is not None:  # inside models.spectral.weight_cache
+        tensors = (layer.weight, layer.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        key = (id(layer), bn.eps, *[None if t is None else (t.data_ptr(), t._version) for t in tensors])
+        if cache.get("key") != key:
+            cache.update(key=key, folded=_fold(layer, bn))
+        return conv_with(layer, x, *cache["folded"])
+    return conv_with(layer, x, *_fold(layer, bn))
+
+
+def _fold(layer, bn):
+    """(weight, bias) of ``bn(layer(.))`` as one convolution, from ``bn``'s running statistics."""
     scale = torch.rsqrt(bn.running_var + bn.eps)
     if bn.weight is not None:
         scale = scale * bn.weight
     shift = -bn.running_mean * scale if layer.bias is None else (layer.bias - bn.running_mean) * scale
     if bn.bias is not None:
         shift = shift + bn.bias
-    weight = layer.weight * scale.view(-1, *[1] * (layer.weight.ndim - 1))
-    return conv_with(layer, x, weight, shift)
+    return layer.weight * scale.view(-1, *[1] * (layer.weight.ndim - 1)), shift
 
 
 def _relu(x):

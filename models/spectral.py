@@ -41,6 +41,7 @@ import torch
 from neuralop.layers.spectral_convolution import SpectralConv as _SpectralConv
 from tltorch.factorized_tensors import TuckerTensor
 
+from .batchnorm import fold_caches
 from .spectral_ops import (SpectralFunction, add_at_zero_frequency, complex_weight, contract_complex, contract_real,
                            forward_modes, inverse_modes, tucker_weight)
 
@@ -195,14 +196,17 @@ def weight_cache(model):
     ``load_state_dict``, a device move, ``train()``) drops it. On exit every cache is freed, so
     nothing is held between validations, and weights written between two blocks (an EMA or
     Lookahead update, even through ``.data``) are always read afresh. Do not write weights
-    inside the block.
+    inside the block. Batch norms folded into their convolutions in evaluation
+    (``models.ffc.folded_conv``) are kept the same way.
     """
     layers = [m for m in model.modules() if isinstance(m, SpectralConv)]
     for layer in layers:
         layer._cache_enabled = True
+    fold_caches(model, True)
     try:
         yield model
     finally:
+        fold_caches(model, False)
         for layer in layers:
             layer._cache_enabled = False
             layer.clear_cache()

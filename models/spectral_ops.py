@@ -87,8 +87,9 @@ def stacked_operand(z):
     magnitude slower on the CPU.
     """
     batch, c = z.shape[:2]
-    parts = torch.view_as_real(z.reshape(batch, c, -1)).permute(3, 2, 0, 1)  # (2, M, B, C)
-    return torch.cat([parts[0], parts[1]], dim=1)
+    parts = torch.view_as_real(z.reshape(batch, c, -1)).permute(2, 3, 0, 1)  # (M, 2, B, C)
+    # One copy; at batch 1 the reshape alone would be a strided view (hence the contiguous()).
+    return parts.reshape(-1, 2 * batch, c).contiguous()
 
 
 def contract_real(x, weight, operand=None):
@@ -96,7 +97,9 @@ def contract_real(x, weight, operand=None):
 
     With ``X = [x_re; x_im]`` stacked along the batch axis (M, 2B, C_in) and the weight's real
     view ``V`` (M, C_in, 2 C_out), real and imaginary parts interleaved, ``P = X V`` holds every
-    product of parts once: ``Re y = x_re w_re - x_im w_im`` and ``Im y = x_re w_im + x_im w_re``.
+    product of parts once: ``Re y = x_re w_re - x_im w_im`` and ``Im y = x_re w_im + x_im w_re``;
+    read as complex numbers its two halves are ``x_re w`` and ``x_im w``, so ``y`` is their sum
+    with the second times ``i``.
 
     Parameters
     ----------
@@ -114,8 +117,9 @@ def contract_real(x, weight, operand=None):
     """
     batch = x.shape[0]
     operand = stacked_operand(x) if operand is None else operand
-    p = torch.bmm(operand, _interleaved(weight)).view(operand.shape[0], 2 * batch, -1, 2)
-    y = torch.complex(p[:, :batch, :, 0] - p[:, batch:, :, 1], p[:, :batch, :, 1] + p[:, batch:, :, 0])
+    # Read as complex, P's rows are x_re w and x_im w: y = x_re w + i x_im w in one pass.
+    p = torch.view_as_complex(torch.bmm(operand, _interleaved(weight)).view(operand.shape[0], 2 * batch, -1, 2))
+    y = torch.add(p[:, :batch], p[:, batch:], alpha=1j)
     return y.permute(1, 2, 0).reshape(batch, weight.shape[-1], *x.shape[2:])
 
 
@@ -242,7 +246,7 @@ def add_at_zero_frequency(y, offset, lead, sizes, norm):
     without a pass over the output.
     """
     zero = (slice(None), slice(None), 0, *[-low for low, _, _ in lead])  # frequency 0's position
-    y[zero] += offset * dc_gain(sizes, norm)
+    y[zero].add_(offset, alpha=dc_gain(sizes, norm))  # in place through the view: no write-back
     return y
 
 

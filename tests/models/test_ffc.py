@@ -161,6 +161,33 @@ def test_folded_conv_follows_batch_norm_semantics(affine):
     assert folded_conv(layer, untracked, x) is None  # eval without running stats uses the batch's
 
 
+def test_folded_conv_is_kept_inside_weight_cache_and_follows_changes(monkeypatch):
+    """Inside ``weight_cache`` a fold is computed once and reused; an in-place change to a running
+    statistic or a weight (an optimizer step, a training batch) is seen at the next call."""
+    import models.ffc as ffc
+    from models.spectral import weight_cache
+
+    torch.manual_seed(0)
+    block = FFCResidualBlock(2, 8).eval()
+    _randomise_batch_norms(block)
+    x = torch.randn(1, 8, 12, 16)
+    calls = []
+    fold = ffc._fold
+    monkeypatch.setattr(ffc, "_fold", lambda layer, bn: calls.append(1) or fold(layer, bn))
+    with torch.no_grad():
+        plain = block(x)
+        folds = len(calls)
+        with weight_cache(block):
+            torch.testing.assert_close(block(x), plain)
+            torch.testing.assert_close(block(x), plain)
+            assert len(calls) == 2 * folds  # the first call in the block folded, the second reused
+            block.ffc1.bn_global.running_var.mul_(4.0)  # in place: a new version
+            changed = block(x)
+        assert len(calls) == 2 * folds + 1  # only the changed batch norm folded again
+        torch.testing.assert_close(changed, block(x))
+    assert not any(hasattr(m, "_fold_cache") for m in block.modules())  # dropped on exit
+
+
 @pytest.mark.parametrize("dim, shape", [(2, (12, 16)), (2, (11, 13)), (3, (6, 8, 10)), (3, (5, 7, 9))])
 @pytest.mark.parametrize("fft_axes", ["all", "first", [1]])
 @pytest.mark.parametrize("norm", ["ortho", "forward"])

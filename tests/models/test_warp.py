@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from models import identity_grid, to_normalised_units, to_pixel_units, warp
+from models.warp import sampling_grid
 from utils.errors import ShapeError
 
 SHAPES = {2: (12, 16), 3: (10, 12, 14)}
@@ -105,3 +106,42 @@ def test_border_padding_reads_the_border_value(dim):
     torch.testing.assert_close(warp(image, flow, padding="border"), image)
     with pytest.raises(ValueError, match="padding"):
         warp(image, flow, padding="reflection")
+
+
+def _reference_warp(image, flow):
+    """grid_sample with the identity built afresh, in one piece (the formula, written out)."""
+    grid = (identity_grid(flow.shape[2:], flow.device, flow.dtype) + flow).movedim(1, -1).flip(-1)
+    return torch.nn.functional.grid_sample(image, grid, align_corners=True)
+
+
+@pytest.mark.parametrize("shape", [(160, 192), (81, 95), (40, 48, 56), (15, 17)])
+def test_split_batch_one_warp_equals_one_piece(shape):
+    """A batch-1 CPU warp is cut into slabs sampled as a batch (grid_sample parallelises over the
+    batch only); values must be those of the one-piece formula bit for bit, gradients up to the
+    order in which the image gradient's contributions from the slabs are summed."""
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        image = torch.rand(1, 2, *shape, requires_grad=True)
+        flow = (0.05 * torch.randn(1, len(shape), *shape)).requires_grad_()
+        ours = warp(image, flow)
+        ref = _reference_warp(image, flow)
+        assert torch.equal(ours, ref)
+        g = torch.randn_like(ref)
+        for a, b in zip(torch.autograd.grad(ours, (image, flow), g), torch.autograd.grad(ref, (image, flow), g)):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_kept_grid_serves_inference_and_training():
+    """The identity grid kept from an inference call is an ordinary tensor: training can use it."""
+    image, flow = torch.rand(1, 1, 24, 20), torch.zeros(1, 2, 24, 20)
+    with torch.inference_mode():
+        first = sampling_grid((24, 20))
+        warp(image, flow)
+    flow.requires_grad_()
+    warp(image, flow).sum().backward()  # would raise if the grid were an inference tensor
+    assert sampling_grid((24, 20)) is first and not first.is_inference() and not first.requires_grad
+    torch.testing.assert_close(first[0].flip(-1).movedim(-1, 0), identity_grid((24, 20)))
