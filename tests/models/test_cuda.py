@@ -88,13 +88,18 @@ def _loss(model, moving, fixed):
     return RegistrationLoss("mse", reg_param=0.01)(fixed, warp(moving, flow), flow)[0], flow
 
 
-@pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
-def test_training_step_matches_cpu(case):
+def _each_size(case, training):
+    """(CPU model, CUDA model, shape, moving, fixed) at each of the case's sizes; batch 2 in training."""
     name, config, dim, sizes = case
     cpu, gpu = _models(name, config, dim)
-    cpu.train(), gpu.train()
+    cpu.train(training), gpu.train(training)
     for shape in sizes:
-        moving, fixed = _pair(dim, shape)
+        yield (cpu, gpu, shape, *_pair(dim, shape, batch=2 if training else 1))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
+def test_training_step_matches_cpu(case):
+    for cpu, gpu, shape, moving, fixed in _each_size(case, training=True):
         cpu.zero_grad(), gpu.zero_grad()
         loss_c, flow_c = _loss(cpu, moving, fixed)
         loss_g, flow_g = _loss(gpu, moving.to(CUDA), fixed.to(CUDA))
@@ -114,11 +119,7 @@ def test_training_step_matches_cpu(case):
 
 @pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
 def test_inference_matches_cpu(case):
-    name, config, dim, sizes = case
-    cpu, gpu = _models(name, config, dim)
-    cpu.eval(), gpu.eval()
-    for shape in sizes:
-        moving, fixed = _pair(dim, shape, batch=1)
+    for cpu, gpu, _, moving, fixed in _each_size(case, training=False):
         with torch.inference_mode(), weight_cache(cpu), weight_cache(gpu):
             ref = cpu(moving, fixed)
             got = gpu(moving.to(CUDA), fixed.to(CUDA))
