@@ -1,5 +1,6 @@
-"""Batch norm followed by ReLU, fused for training on the CPU; and the switch of the cache of
-batch norms folded into convolutions for inference (:func:`fold_caches`).
+"""Batch norm followed by ReLU, fused for training on the CPU; running statistics held still
+while activation checkpointing recomputes a forward pass (:func:`frozen_statistics`); and the
+switch of the cache of batch norms folded into convolutions for inference (:func:`fold_caches`).
 
 PyTorch's CPU batch norm spends most of its forward pass on the statistics (about 1.1 ms for
 8x16x80x96 on two threads, where the normalisation alone takes 0.2 ms). Here the statistics are
@@ -9,6 +10,8 @@ that fresh output. The backward is PyTorch's own batch-norm backward after the R
 results as ``F.relu(bn(x))`` to rounding, including the running statistics and
 ``num_batches_tracked``; measured in ``benchmarks/README.md``.
 """
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +80,31 @@ def batch_norm_relu(bn, x):
     return y
 
 
+
+def _batch_norms(module):
+    return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@contextlib.contextmanager
+def frozen_statistics(module):
+    """Batch norms inside ``module`` normalise with batch statistics but update nothing.
+
+    For activation checkpointing (``torch.utils.checkpoint``'s ``context_fn``): the backward
+    pass runs the forward again, and the batch norms must not fold the same batch into their
+    running statistics twice. Momentum 0 keeps the running mean and variance (the cumulative
+    rule of ``momentum=None`` included), and ``num_batches_tracked`` is put back on exit.
+    """
+    norms = [bn for bn in _batch_norms(module) if bn.track_running_stats and bn.running_mean is not None]
+    saved = [(bn.momentum, bn.num_batches_tracked.clone()) for bn in norms]
+    for bn in norms:
+        bn.momentum = 0.0
+    try:
+        yield module
+    finally:
+        for bn, (momentum, tracked) in zip(norms, saved):
+            bn.momentum = momentum
+            bn.num_batches_tracked.copy_(tracked)
+
 # Inference: ``models.ffc.folded_conv`` folds a batch norm into the convolution before it. Inside
 # ``models.spectral.weight_cache`` each batch norm keeps its folded weights under this attribute,
 # checked against its tensors' versions, instead of recomputing them (8 small operations each)
@@ -86,9 +114,8 @@ FOLD_CACHE = "_fold_cache"
 
 def fold_caches(model, enabled):
     """Give every batch norm of ``model`` an empty fold cache (``enabled``), or drop them all."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            if enabled:
-                setattr(m, FOLD_CACHE, {})
-            elif hasattr(m, FOLD_CACHE):
-                delattr(m, FOLD_CACHE)
+    for m in _batch_norms(model):
+        if enabled:
+            setattr(m, FOLD_CACHE, {})
+        elif hasattr(m, FOLD_CACHE):
+            delattr(m, FOLD_CACHE)

@@ -14,6 +14,8 @@ stationary velocity integrated by scaling and squaring, and ``fold_repair`` smoo
 locally where the map still folds (:mod:`models.foldrepair`).
 """
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,6 +25,7 @@ from utils.errors import ConfigError
 from utils.fields import check_image_pair
 
 from .bandlimit import band_limit as _band_limit
+from .batchnorm import frozen_statistics
 from .ffc import FFCResidualBlock
 from .foldrepair import repair_folds
 from .integrate import ScalingSquaring
@@ -148,10 +151,11 @@ class FNOReg(nn.Module):
         (:func:`models.foldrepair.repair_folds`); a field that does not fold is returned
         unchanged. Training sees the network's own field.
     checkpointing : bool
-        Activation checkpointing over the Fourier layers in training: their activations are
-        recomputed in the backward pass instead of kept, which trades about one extra forward
-        pass of those layers for memory (what lets a full-size 3D training step fit; see the
-        memory benchmark). Same results; no effect in inference.
+        Activation checkpointing over the Fourier layers and the FFC blocks in training: their
+        activations are recomputed in the backward pass instead of kept, which trades about one
+        extra forward pass for memory (what lets a full-size 3D training step fit; see the
+        memory benchmark). The recomputed batch norms leave their running statistics alone
+        (:func:`models.batchnorm.frozen_statistics`). Same results; no effect in inference.
     in_channels : int
         Input channels: 2 for ``[moving, fixed]``.
     """
@@ -248,20 +252,23 @@ class FNOReg(nn.Module):
             seen = torch.tensor(shape, dtype=torch.long, device=self.trained_shape.device)
             self.trained_shape.copy_(torch.maximum(self.trained_shape, seen))
         x = self.lifting(torch.cat([moving, fixed], dim=1))
-        x = self.encoder(x)
+        x = self._block(self.encoder, x)
         for layer in self.layers:
-            # The FFC blocks are not checkpointed: recomputing their batch norms would update the
-            # running statistics twice per step.
-            if self.checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, use_reentrant=False)
-            else:
-                x = layer(x)
-        flow = self._project(self.decoder(x))
+            x = self._block(layer, x)
+        flow = self._project(self._block(self.decoder, x))
         if self.band_limit and not self.training:
             flow = _band_limit(flow, self.trained_shape.tolist())
         if self.fold_repair and not self.training:
             return repair_folds(flow, self.integrate)[0]
         return self.integrate(flow) if self.integrate is not None else flow
+
+    def _block(self, block, x):
+        """``block(x)``, checkpointed in training when ``checkpointing`` is on."""
+        if not (self.checkpointing and self.training and torch.is_grad_enabled()) or isinstance(block, nn.Identity):
+            return block(x)
+        # The recomputation in the backward pass must not update batch-norm statistics again.
+        return checkpoint(block, x, use_reentrant=False,
+                          context_fn=lambda: (contextlib.nullcontext(), frozen_statistics(block)))
 
     def _project(self, x):
         if torch.is_grad_enabled():
