@@ -151,10 +151,10 @@ class FNOReg(nn.Module):
         (:func:`models.foldrepair.repair_folds`); a field that does not fold is returned
         unchanged. Training sees the network's own field.
     checkpointing : bool
-        Activation checkpointing over the Fourier layers and the FFC blocks in training: their
+        Activation checkpointing in training over the FFC blocks and the Fourier layers: their
         activations are recomputed in the backward pass instead of kept, which trades about one
         extra forward pass for memory (what lets a full-size 3D training step fit; see the
-        memory benchmark). The recomputed batch norms leave their running statistics alone
+        memory benchmark; the projection and the integration too measured no lower peak). The recomputed batch norms leave their running statistics alone
         (:func:`models.batchnorm.frozen_statistics`). Same results; no effect in inference.
     in_channels : int
         Input channels: 2 for ``[moving, fixed]``.

@@ -200,14 +200,14 @@ def test_diffeomorphic_fnoreg_integrates_its_velocity(dim, odd):
         torch.testing.assert_close(diffeo(x, y), ScalingSquaring(5, padding="border")(plain(x, y)))
 
 
-@pytest.mark.parametrize("momentum", [0.1, None])
-def test_checkpointing_gives_the_same_loss_and_gradients(momentum):
-    """Checkpointed Fourier layers and FFC blocks: same gradients, and the recomputation in the
+@pytest.mark.parametrize("momentum, diffeomorphic", [(0.1, False), (None, False), (0.1, True)])
+def test_checkpointing_gives_the_same_loss_and_gradients(momentum, diffeomorphic):
+    """Checkpointed FFC blocks and Fourier layers: same gradients, and the
     backward pass leaves the batch norms' running statistics as one forward pass left them (the
     exponential and the cumulative rule), over two steps."""
     torch.manual_seed(0)
-    plain = FNOReg(2, 8, 16, 2, [8, 10], head_init="default")
-    ckpt = FNOReg(2, 8, 16, 2, [8, 10], head_init="default", checkpointing=True)
+    plain = FNOReg(2, 8, 16, 2, [8, 10], head_init="default", diffeomorphic=diffeomorphic)
+    ckpt = FNOReg(2, 8, 16, 2, [8, 10], head_init="default", diffeomorphic=diffeomorphic, checkpointing=True)
     ckpt.load_state_dict(plain.state_dict())
     for m in [*plain.modules(), *ckpt.modules()]:
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
