@@ -135,6 +135,22 @@ def test_split_batch_one_warp_equals_one_piece(shape):
         torch.set_num_threads(threads)
 
 
+def test_split_warp_of_label_maps_equals_one_piece():
+    """Label maps (nearest, integer) through the split path: the same labels as one grid_sample."""
+    torch.manual_seed(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        labels = torch.randint(0, 30, (1, 1, 160, 192))
+        flow = 0.05 * torch.randn(1, 2, 160, 192)
+        grid = (identity_grid((160, 192)) + flow).movedim(1, -1).flip(-1)
+        ref = torch.nn.functional.grid_sample(labels.float(), grid, mode="nearest", align_corners=True)
+        out = warp(labels, flow)
+        assert out.dtype == labels.dtype and torch.equal(out, ref.round().long())
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_kept_grid_serves_inference_and_training():
     """The identity grid kept from an inference call is an ordinary tensor: training can use it."""
     image, flow = torch.rand(1, 1, 24, 20), torch.zeros(1, 2, 24, 20)
