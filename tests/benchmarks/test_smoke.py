@@ -7,6 +7,7 @@ figure: benchmarks are scripts that report numbers, not timed tests. The setting
 
 import json
 import math
+import os
 import sys
 import types
 
@@ -96,6 +97,57 @@ def test_memory_jobs_keep_order_and_remeasure_shared_oom_alone(monkeypatch):
     assert all(s["cuda_fraction"] == pytest.approx(0.475) for s in seen[:2])
     assert "cuda_fraction" not in seen[2] and seen[2]["shape"] == [32, 32, 32]  # the rerun, alone
     assert not any("shared" in c for c in cells)
+
+
+def test_gpu_check_refuses_without_cuda_and_plans_existing_files(monkeypatch, tmp_path, capsys):
+    from benchmarks import gpu_check
+
+    monkeypatch.setattr(common.torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main(["--out", str(tmp_path / "g")]) == 2
+    assert "needs a GPU" in capsys.readouterr().err and not (tmp_path / "g").exists()
+    steps = gpu_check.plan(0, tmp_path)
+    assert [name for name, _ in steps] == list(gpu_check.STEPS)
+    for _, commands in steps:
+        for _, argv, seconds in commands:
+            target = argv[0] if argv[0] != "-m" else argv[-1]
+            assert (gpu_check.REPO / target).exists(), target
+            assert seconds > 0
+            if "--config_file" in argv:
+                assert (gpu_check.REPO / "configs" / f"{argv[argv.index('--config_file') + 1]}.json").exists()
+
+
+def test_gpu_check_runs_every_step_and_skips_an_evaluation_whose_training_failed(monkeypatch, tmp_path):
+    from benchmarks import gpu_check
+
+    monkeypatch.setattr(common.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(common.torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(common.torch.cuda, "get_device_name", lambda g: "fake GPU")
+    ran = []
+
+    def fake_run(label, argv, seconds, log, env):
+        ran.append(label)
+        assert env["FNOREG_EXPERIMENTS_DIR"] == str(tmp_path / "experiments")
+        return {"step": label, "status": "failed (exit 1)" if label == "2D demo, training" else "ok"}
+
+    monkeypatch.setattr(gpu_check, "_run", fake_run)
+    assert gpu_check.main(["--out", str(tmp_path), "--skip", "speed"]) == 1
+    assert ran == ["CUDA against the CPU", "3D memory, every model", "2D demo, training", "3D demo, training",
+                   "3D demo, evaluation"]
+    summary = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert summary[3] == {"step": "2D demo, evaluation", "status": "skipped (its training failed)"}
+    ckpt = json.loads((tmp_path / "fnoreg3d_ckpt.json").read_text())
+    assert ckpt["model_config"]["checkpointing"] is True
+
+
+def test_gpu_check_step_reports_ok_failure_and_timeout(tmp_path):
+    from benchmarks import gpu_check
+
+    env = dict(os.environ)
+    ok = gpu_check._run("ok", ["-c", "print('hello')"], 60, tmp_path / "ok.log", env)
+    bad = gpu_check._run("bad", ["-c", "raise SystemExit(3)"], 60, tmp_path / "bad.log", env)
+    slow = gpu_check._run("slow", ["-c", "import time; time.sleep(30)"], 1, tmp_path / "slow.log", env)
+    assert ok["status"] == "ok" and "hello" in (tmp_path / "ok.log").read_text()
+    assert bad["status"] == "failed (exit 3)" and slow["status"] == "timed out after 1 s"
 
 
 class FakeAnts(types.ModuleType):

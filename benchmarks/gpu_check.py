@@ -1,0 +1,108 @@
+"""One short GPU session: the CUDA tests, the demos on the GPU, memory and speed of every model.
+
+    python benchmarks/gpu_check.py [--gpu_num 0] [--out gpu_check] [--skip tests demos memory speed]
+
+What a session with a GPU should run first, in the order of what it is worth: the CUDA-against-
+CPU tests (``tests/models/test_cuda.py``), the 3D memory of every model at half and full size with
+FNOReg's published config checkpointed and not (``bench_memory.py --jobs 6``), the 2D and 3D
+demos trained and evaluated on the GPU, and the speed of every model at the four sizes
+(``bench_speed.py``). Each step runs as a subprocess with its own time limit and writes its log
+into ``--out``; a step that fails or runs out of time is reported and the next one runs. The
+whole took about 10 minutes on an NVIDIA H200 (tests 2.5, memory 2, demos 2, speed 2 minutes),
+with the experiments of the demos in ``--out/experiments`` so that nothing of the user's is
+touched. The figures go where each benchmark writes them (``--out/memory``, ``--out/speed2d``,
+``--out/speed3d``); ``benchmarks/results/cuda/`` holds the ones of the first run.
+
+Without CUDA it stops at once with exit status 2.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = ("tests", "memory", "demos", "speed")
+
+
+def plan(gpu, out):
+    """The steps as (name, [(label, argv, seconds)]); argv without the interpreter."""
+    ckpt = out / "fnoreg3d_ckpt.json"
+    g = str(gpu)
+    return [
+        ("tests", [("CUDA against the CPU", ["-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                             "tests/models/test_cuda.py"], 300)]),
+        ("memory", [("3D memory, every model", ["benchmarks/bench_memory.py", "--gpu_num", g,
+                                                "--configs", f"fnoreg3d_ckpt={ckpt}", "--sizes", "3d_half",
+                                                "3d_full", "--jobs", "6", "--timeout", "150",
+                                                "--out", str(out / "memory")], 420)]),
+        ("demos", [("2D demo, training", ["train_2d.py", "--config_file", "demo_2d", "--gpu_num", g], 180),
+                   ("2D demo, evaluation", ["evaluate_2d.py", "--exp_num", "1", "--gpu_num", g,
+                                            "--size", "80", "160"], 120),
+                   ("3D demo, training", ["train_3d.py", "--config_file", "demo_3d", "--gpu_num", g], 180),
+                   ("3D demo, evaluation", ["evaluate_3d.py", "--exp_num", "1", "--gpu_num", g], 120)]),
+        ("speed", [("2D speed, every model", ["benchmarks/bench_speed.py", "--gpu_num", g, "--sizes", "2d_half",
+                                              "2d_full", "--repeats", "20", "--max_seconds", "6",
+                                              "--out", str(out / "speed2d")], 300),
+                   ("3D speed, every model", ["benchmarks/bench_speed.py", "--gpu_num", g, "--sizes", "3d_half",
+                                              "3d_full", "--repeats", "10", "--max_seconds", "6",
+                                              "--out", str(out / "speed3d")], 360)]),
+    ]
+
+
+def _run(label, argv, seconds, log, env):
+    started = time.perf_counter()
+    with open(log, "w") as f:
+        try:
+            code = subprocess.run([sys.executable, *argv], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                  timeout=seconds).returncode
+            status = "ok" if code == 0 else f"failed (exit {code})"
+        except subprocess.TimeoutExpired:
+            status = f"timed out after {seconds} s"
+    elapsed = time.perf_counter() - started
+    print(f"{label}: {status}, {elapsed:.0f} s (log {log})", flush=True)
+    return {"step": label, "status": status, "seconds": round(elapsed, 1), "log": str(log)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--gpu_num", type=int, default=0, help="the GPU (cuda:K)")
+    p.add_argument("--out", default="gpu_check", help="folder for logs, figures and the demos' experiments")
+    p.add_argument("--skip", nargs="*", default=[], choices=STEPS)
+    args = p.parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available() or args.gpu_num >= torch.cuda.device_count():
+        print(f"error: no cuda:{args.gpu_num} here (torch {torch.__version__}, CUDA available: "
+              f"{torch.cuda.is_available()}); this check needs a GPU", file=sys.stderr)
+        return 2
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    config = json.loads((REPO / "configs" / "fnoreg_3d.json").read_text())
+    config["model_config"]["checkpointing"] = True
+    (out / "fnoreg3d_ckpt.json").write_text(json.dumps(config, indent=2))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", MPLBACKEND="Agg", FNOREG_EXPERIMENTS_DIR=str(out / "experiments"),
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    print(f"{torch.cuda.get_device_name(args.gpu_num)}, torch {torch.__version__}; logs in {out}", flush=True)
+    results = []
+    for name, commands in plan(args.gpu_num, out):
+        if name in args.skip:
+            continue
+        skip_next = False
+        for i, (label, step_argv, seconds) in enumerate(commands):
+            if skip_next:  # an evaluation whose training failed has nothing to evaluate
+                results.append({"step": label, "status": "skipped (its training failed)"})
+                skip_next = False
+                continue
+            result = _run(label, step_argv, seconds, out / f"{name}{i}.log", env)
+            results.append(result)
+            skip_next = result["status"] != "ok" and label.endswith("training")
+    (out / "gpu_check.json").write_text(json.dumps(results, indent=2) + "\n")
+    return 0 if all(r["status"] == "ok" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
