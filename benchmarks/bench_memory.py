@@ -193,8 +193,8 @@ def bench(entries, sizes, devices, threads=None, timeout=900.0, mem_limit_bytes=
     each process's own allocations; the CPU figure is each process's resident set), but the
     children share the memory: a CPU child's address-space cap is divided by ``jobs``, and a CUDA
     child may take at most ``0.95 / jobs`` of the GPU. A CUDA cell that runs out of memory under
-    that share is measured again alone afterwards, so an ``out of memory`` in the results always
-    means the whole device (or the CPU cap) was too small.
+    that share is measured again alone afterwards, so a CUDA ``out of memory`` in the results
+    always means the whole device was too small (a CPU one: the divided cap).
     """
     work = list(_cell_specs(entries, sizes, devices, threads, mem_limit_bytes, modes))
     if jobs > 1:

@@ -115,6 +115,13 @@ def load_model(folder, ckpt_epoch=None, device="cpu"):
 FOLD_REPAIR_CHOICES = ("on", "off")
 
 
+def add_fold_repair_argument(parser, outputs=""):
+    """``--fold_repair on|off`` for a script that loads a trained model (:func:`set_fold_repair`)."""
+    parser.add_argument("--fold_repair", choices=FOLD_REPAIR_CHOICES,
+                        help="override the trained FNOReg's fold_repair: off gives the network's own field, on adds "
+                        f"the repair{outputs} (default: as trained)")
+
+
 def set_fold_repair(model, info, setting):
     """Override a loaded model's ``fold_repair`` for this run (``--fold_repair on|off``).
 

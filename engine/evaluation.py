@@ -63,7 +63,7 @@ from data.dataset import load_split
 from data.resize import shape_for_size
 from engine import experiment as xp
 from engine.batches import DeviceSplit
-from engine.checkpoint import FOLD_REPAIR_CHOICES, load_model, set_fold_repair
+from engine.checkpoint import add_fold_repair_argument, load_model, set_fold_repair
 from engine.config import load_config, resolve_config
 from engine.plotting import dice_boxplot, registration_panel, save_figure
 from engine.reports import format_table, summarize, write_per_label_csv, write_per_pair_csv
@@ -95,9 +95,7 @@ def evaluation_parser(dim):
                         "(default 0: off)")
     parser.add_argument("--refine_lr", type=float, default=DEFAULT_REFINE_LR,
                         help=f"refinement step in pixels (default {DEFAULT_REFINE_LR})")
-    parser.add_argument("--fold_repair", choices=FOLD_REPAIR_CHOICES,
-                        help="override the trained FNOReg's fold_repair: off scores the network's own field, on "
-                        "adds the repair; outputs go to _repairoff / _repairon folders (default: as trained)")
+    add_fold_repair_argument(parser, outputs="; outputs go to _repairoff / _repairon folders")
     return parser
 
 

@@ -51,7 +51,7 @@ import torch
 from data.nifti import drop_trailing_singletons, integral_labels
 from data.resize import resize_images, resize_labels
 from engine import experiment as xp
-from engine.checkpoint import FOLD_REPAIR_CHOICES, load_model, set_fold_repair
+from engine.checkpoint import add_fold_repair_argument, load_model, set_fold_repair
 from engine.metrics import folding_percent, jacobian_determinant, mean_dice, sdlogj
 from engine.plotting import registration_panel, save_figure
 from engine.refine import DEFAULT_REFINE_LR, refine_field, refine_loss
@@ -353,9 +353,7 @@ def register_parser():
                         help=f"refinement step in pixels (default {DEFAULT_REFINE_LR})")
     parser.add_argument("--rescale", action="store_true", help="min-max rescale both images to [0, 1] for the "
                         "network (default: intensities as given, expected in [0, 1])")
-    parser.add_argument("--fold_repair", choices=FOLD_REPAIR_CHOICES,
-                        help="override the trained FNOReg's fold_repair: off gives the network's own field, on adds "
-                        "the repair (default: as trained)")
+    add_fold_repair_argument(parser)
     return parser
 
 

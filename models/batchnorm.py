@@ -80,7 +80,6 @@ def batch_norm_relu(bn, x):
     return y
 
 
-
 def _batch_norms(module):
     return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
@@ -104,6 +103,7 @@ def frozen_statistics(module):
         for bn, (momentum, tracked) in zip(norms, saved):
             bn.momentum = momentum
             bn.num_batches_tracked.copy_(tracked)
+
 
 # Inference: ``models.ffc.folded_conv`` folds a batch norm into the convolution before it. Inside
 # ``models.spectral.weight_cache`` each batch norm keeps its folded weights under this attribute,

@@ -154,7 +154,8 @@ class FNOReg(nn.Module):
         Activation checkpointing in training over the FFC blocks and the Fourier layers: their
         activations are recomputed in the backward pass instead of kept, which trades about one
         extra forward pass for memory (what lets a full-size 3D training step fit; see the
-        memory benchmark; the projection and the integration too measured no lower peak). The recomputed batch norms leave their running statistics alone
+        memory benchmark; checkpointing the projection and the integration too measured no lower
+        peak). The recomputed batch norms leave their running statistics alone
         (:func:`models.batchnorm.frozen_statistics`). Same results; no effect in inference.
     in_channels : int
         Input channels: 2 for ``[moving, fixed]``.
@@ -264,7 +265,8 @@ class FNOReg(nn.Module):
 
     def _block(self, block, x):
         """``block(x)``, checkpointed in training when ``checkpointing`` is on."""
-        if not (self.checkpointing and self.training and torch.is_grad_enabled()) or isinstance(block, nn.Identity):
+        active = self.checkpointing and self.training and torch.is_grad_enabled()
+        if not active or isinstance(block, nn.Identity):
             return block(x)
         # The recomputation in the backward pass must not update batch-norm statistics again.
         return checkpoint(block, x, use_reentrant=False,

@@ -3,9 +3,9 @@
 A network's field can fold on a handful of pixels while being right everywhere else: FNOReg
 trained at 80x96 and run at 160x192 predicts a sharper velocity than it was trained to produce
 (its pointwise paths see the finer input's edges), and about 9 of 30,720 pixels per pair fold
-after integration (README, transfer study; with zero- or border-padded integration alike). Smoothing the whole field removes them but blurs the
-rest too: a Gaussian of 0.75 px cost 0.009 Dice, the exact band limit 0.007. Here only the
-neighbourhood of the folds is smoothed:
+after integration (README, transfer study; with zero- or border-padded integration alike).
+Smoothing the whole field removes them but blurs the rest too: a Gaussian of 0.75 px cost 0.009
+Dice, the exact band limit 0.007. Here only the neighbourhood of the folds is smoothed:
 
 1. ``phi = id + integrate(v)``; find the pixels with Jacobian determinant ``J <= 0``
    (:func:`utils.fields.jacobian_determinant`, the evaluation's own definition of folding);
@@ -22,9 +22,9 @@ repair costs one Jacobian. Smoothing a velocity reduces its local gradient, whic
 the integrated map fold; for a plain displacement model (``integrate`` the identity) the
 displacement itself is smoothed, which removes folds the same way but may need more passes.
 Beyond the image the average reads zero displacement: folds on the image border (a corner
-voxel) are only undone by pulling the field there towards the
-identity. With the border value instead (``replicate``), a folded corner voxel of the 3D demo
-still folded after 12 passes; with zeros it was repaired in 7. Away from the border the two agree.
+voxel) are only undone by pulling the field there towards the identity. With the border value
+instead (``replicate``), a folded corner voxel of the 3D demo still folded after 12 passes; with
+zeros it was repaired in 7. Away from the border the two agree.
 """
 
 import torch

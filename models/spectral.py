@@ -89,10 +89,11 @@ class SpectralConv(_SpectralConv):
         self._cache = None
 
     # -- weight ------------------------------------------------------------------------------
-    def _weight(self, slices):
+    def weight_for(self, slices):
         """Weight of the kept modes ``slices`` (a tuple of slices, one per axis), (M, C_in, C_out).
 
-        The layout of :func:`models.spectral_ops.complex_weight`, used by every contraction.
+        The layout of :func:`models.spectral_ops.complex_weight`, used by every contraction;
+        kept inside :func:`weight_cache`.
         """
         if self._cache_enabled and not torch.is_grad_enabled():
             key = (slices, tuple((p.data_ptr(), p._version) for p in self.parameters()))
@@ -149,10 +150,6 @@ class SpectralConv(_SpectralConv):
         slices.append(slice(0, width))
         return tuple(slices), width, tuple(lead)
 
-    def weight_for(self, slices):
-        """The dense weight of the kept modes ``slices`` in the contractions' layout (M, C_in, C_out)."""
-        return self._weight(slices)
-
     def forward(self, x, output_shape=None, offset=None):
         """Spectral convolution of ``x`` (B, C_in, *spatial) -> (B, C_out, *spatial), real.
 
@@ -167,17 +164,15 @@ class SpectralConv(_SpectralConv):
         sizes = x.shape[2:]
         slices, width, lead = self.kept_modes(sizes)
 
+        weight = self.weight_for(slices)
         if torch.is_grad_enabled():
-            out = SpectralFunction.apply(x, self._weight(slices), width, lead, self.fft_norm)
+            out = SpectralFunction.apply(x, weight, width, lead, self.fft_norm)
             if offset is not None:
                 out = out + offset.view(-1, *[1] * len(sizes))
         else:
             z = forward_modes(x, width, lead, self.fft_norm)
-            n_bytes = z[0, 0].numel() * self.in_channels * self.out_channels * z.element_size()
-            if n_bytes >= COMPLEX_MIN_BYTES:
-                y = contract_complex(z, self._weight(slices))
-            else:
-                y = contract_real(z, self._weight(slices))
+            large = weight.numel() * weight.element_size() >= COMPLEX_MIN_BYTES
+            y = (contract_complex if large else contract_real)(z, weight)
             if offset is not None:
                 add_at_zero_frequency(y, offset, lead, sizes, self.fft_norm)
             out = inverse_modes(y, sizes[-1], lead, self.fft_norm)

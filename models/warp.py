@@ -58,7 +58,7 @@ def sampling_grid(shape, device=None, dtype=torch.float32):
     The returned tensor may be shared between calls: never write into it.
     """
     shape = tuple(int(n) for n in shape)
-    if len(shape) * torch.Size(shape).numel() <= _KEEP_GRID_NUMEL:
+    if len(shape) * math.prod(shape) <= _KEEP_GRID_NUMEL:
         return _kept_sampling_grid(shape, torch.device(device) if device is not None else torch.device("cpu"), dtype)
     return _sampling_grid(shape, device, dtype)
 

@@ -241,7 +241,7 @@ def test_validation_uses_the_weight_cache_and_frees_it(tmp_path, exp_root, monke
     from models.spectral import SpectralConv
 
     seen = {"enabled": [], "after": []}
-    original_weight = SpectralConv._weight
+    original_weight = SpectralConv.weight_for
 
     def recording(self, slices, *args):
         if not torch.is_grad_enabled():
@@ -256,7 +256,7 @@ def test_validation_uses_the_weight_cache_and_frees_it(tmp_path, exp_root, monke
             return out
         return run
 
-    monkeypatch.setattr(SpectralConv, "_weight", recording)
+    monkeypatch.setattr(SpectralConv, "weight_for", recording)
     monkeypatch.setattr(TrainingLoop, "_validate", wrap(TrainingLoop._validate))
     monkeypatch.setattr(TrainingLoop, "_log_panel", wrap(TrainingLoop._log_panel))
     assert train("--config_file", write_config(tmp_path, train_config={"epochs": 2})) == 0
