@@ -204,7 +204,7 @@ def test_diffeomorphic_fnoreg_integrates_its_velocity(dim, odd):
 def test_checkpointing_gives_the_same_loss_and_gradients(momentum, diffeomorphic):
     """Checkpointed FFC blocks and Fourier layers: same gradients, and the
     backward pass leaves the batch norms' running statistics as one forward pass left them (the
-    exponential and the cumulative rule), over two steps."""
+    exponential and the cumulative rule), over two steps at two sizes."""
     torch.manual_seed(0)
     plain = FNOReg(2, 8, 16, 2, [8, 10], head_init="default", diffeomorphic=diffeomorphic)
     ckpt = FNOReg(2, 8, 16, 2, [8, 10], head_init="default", diffeomorphic=diffeomorphic, checkpointing=True)
@@ -212,8 +212,8 @@ def test_checkpointing_gives_the_same_loss_and_gradients(momentum, diffeomorphic
     for m in [*plain.modules(), *ckpt.modules()]:
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.momentum = momentum
-    for step in range(2):
-        x, y = torch.rand(2, 2, 1, 24, 28)
+    for shape in [(24, 28), (7, 9)]:  # even; then odd, below the kept modes, and another size
+        x, y = torch.rand(2, 2, 1, *shape)
         grads = []
         for model in (plain, ckpt):
             model.train()
