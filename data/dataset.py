@@ -9,6 +9,7 @@ gathers batches by ``pairs`` (a 2D epoch of 40,200 pairs indexes 201 slices in m
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from data import oasis, phantom
 from data.config import validate_data_config
 from data.labels import SCHEMES
 from data.pairs import make_pairs, split_indices
-from utils.errors import DataError
+from utils.errors import ConfigError, DataError
 
 
 @dataclass
@@ -172,6 +173,53 @@ def load_splits(data_config: dict, dim: int, splits=("train", "val")) -> dict[st
         )
         out[name] = split
     return out
+
+
+def split_subjects(data_config: dict, dim: int, split: str) -> list[str]:
+    """Subject ids of ``split`` ("train", "val" or "test"), without reading any image.
+
+    Raises
+    ------
+    ConfigError
+        The split is not set, or its range does not fit the subject list.
+    DataError
+        The OASIS-layout subject list cannot be read.
+    """
+    cfg = validate_data_config(data_config, dim)
+    if cfg["dataset"] == "oasis":
+        root = Path(cfg["root"]).expanduser()
+        subjects, where = oasis.read_subject_list(root), str(root / oasis.SUBJECT_LIST)
+    else:
+        subjects, where = phantom.subject_ids(cfg["phantom"]["n_subjects"]), "the phantom"
+    return [subjects[i] for i in split_indices(cfg["splits"], split, len(subjects), where)]
+
+
+def shared_subjects(config_a: dict, split_a: str, config_b: dict, split_b: str, dim: int) -> list[str] | None:
+    """Subjects that are in split ``split_a`` of ``config_a`` and in split ``split_b`` of ``config_b``.
+
+    A subject is the same subject when both configs name the same data: OASIS-layout folders
+    by subject folder name (wherever the folders are), phantoms by index under the same seed
+    (phantom subject i depends only on the seed and i, whatever the grid). Data of different
+    kinds, or phantoms of different seeds, share none.
+
+    Returns
+    -------
+    list of str or None
+        The shared subject ids, in ``split_b``'s order; None when either split cannot be listed
+        (not set, or its subject list unreadable), so the answer is unknown.
+    """
+    with warnings.catch_warnings():  # overlapping ranges within one config were warned about on loading
+        warnings.simplefilter("ignore")
+        a, b = validate_data_config(config_a, dim), validate_data_config(config_b, dim)
+        if a["dataset"] != b["dataset"] or (a["dataset"] == "phantom"
+                                            and a["phantom"]["seed"] != b["phantom"]["seed"]):
+            return []
+        try:
+            first = set(split_subjects(a, dim, split_a))
+            second = split_subjects(b, dim, split_b)
+        except (ConfigError, DataError):
+            return None
+    return [s for s in second if s in first]
 
 
 def load_split(data_config: dict, dim: int, split: str) -> RegistrationSplit:

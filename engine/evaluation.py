@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.dataset import load_split
+from data.dataset import load_split, shared_subjects
 from data.resize import shape_for_size
 from engine import experiment as xp
 from engine.batches import DeviceSplit
@@ -348,6 +348,11 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
         where = config_path or folder / "config.json"
         raise ConfigError(f"experiment {exp_num} has no {split} split (data_config.splits.{split} is null in "
                           f"{where}); set an index range there or evaluate another --split")
+    # Another data_config may move the evaluated split over the subjects the model was trained on.
+    leaked = shared_subjects(config["data_config"], "train", data_config, split, dim)
+    if leaked:
+        print(f"warning: {len(leaked)} subject(s) of the {split} split are training subjects of experiment "
+              f"{exp_num} (e.g. {leaked[0]}); its scores are not held out", file=sys.stderr)
     if batch_size is not None and batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {batch_size}")
     if refine < 0 or not refine_lr > 0:
@@ -366,7 +371,7 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
                "checkpoint_path": info["path"], "train_size": info["train_size"], "split": split,
                "dataset": data_config["dataset"], "data_root": data_config["root"],
                "label_scheme": data_config["label_scheme"], "data_tag": tag, "config_file": config_path,
-               "data_config": data_config,
+               "data_config": data_config, "training_subjects_in_split": None if leaked is None else len(leaked),
                "device": str(device), "versions": xp.software_versions(), "git_commit": xp.git_commit(),
                "refine_steps": refine, "refine_lr": refine_lr if refine else None,
                "fold_repair_override": info.get("fold_repair_override")}
@@ -412,6 +417,9 @@ def evaluate_main(dim, argv=None):
     else:
         print("Dice and HD95 scored on label maps subsampled to each evaluation grid (--score_on eval, as "
               "published); folding and SDlogJ on the evaluation grid")
+    if s.get("training_subjects_in_split"):
+        print(f"warning: {s['training_subjects_in_split']} subject(s) of the {s['split']} split were trained on; "
+              "these scores are not held out")
     unlabelled = s["n_pairs_without_labels"]
     if unlabelled:
         print(f"note: {unlabelled} of {s['n_pairs']} pairs have no label maps; Dice and HD95 average the other "

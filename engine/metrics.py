@@ -115,12 +115,21 @@ def surface_mask(labels):
     return edge
 
 
-def hd95_per_label(a, b, label_ids, spacing=None):
-    """95th-percentile symmetric Hausdorff distance of every label for every pair.
+def hd95_per_label(a, b, label_ids, spacing=None, return_one_sided=False):
+    """95th-percentile Hausdorff distance of every label for every pair.
 
-    The distance set is the union of the directed surface-to-surface distances both ways
-    (surface voxels from :func:`surface_mask`, exact Euclidean nearest neighbours from a KD-tree),
-    and the score is its 95th percentile. Labels absent from either map give NaN.
+    The standard definition (the surface-distance package's ``compute_robust_hausdorff``, MONAI's
+    ``compute_hausdorff_distance(percentile=95)``): the larger of the two directed distances'
+    95th percentiles, surface voxels of ``a`` to the surface of ``b`` and back (surface voxels
+    from :func:`surface_mask`, exact Euclidean nearest neighbours from a KD-tree). Pooling both
+    directions before the percentile, as this project did before 2026-11-30, is never larger and
+    can be much smaller when one surface has a spur the other lacks.
+
+    A label absent from both maps gives NaN (nothing to score). A label in only one map (a
+    structure the registration erased, or one it created) gets the grid's diagonal, the largest
+    distance the grid can hold, in the same units: its distance to an empty surface is
+    undefined (infinite in the surface-distance package), and leaving it out would let a
+    registration improve its HD95 by erasing structures, while Dice scores them 0.
 
     Parameters
     ----------
@@ -130,28 +139,35 @@ def hd95_per_label(a, b, label_ids, spacing=None):
         Labels to score.
     spacing : sequence of float, optional
         Voxel size per axis (default 1: distances in voxels).
+    return_one_sided : bool
+        Also return which scores are the diagonal penalty of a one-sided label.
 
     Returns
     -------
     numpy.ndarray
-        (B, len(label_ids)) float64.
+        (B, len(label_ids)) float64; with ``return_one_sided`` also a bool array of that shape.
     """
     _check_labels(a, b)
     d = a.dim() - 2
     scale = np.ones(d) if spacing is None else np.asarray(spacing, dtype=np.float64)
     if scale.shape != (d,):
         raise ShapeError(f"spacing must have {d} entries, got {spacing!r}")
+    diagonal = float(np.sqrt(np.sum(((np.asarray(a.shape[2:]) - 1) * scale) ** 2)))
     out = np.full((a.shape[0], len(label_ids)), np.nan)
+    one_sided = np.zeros(out.shape, dtype=bool)
     for i in range(a.shape[0]):
         surfaces = [_surface_points_by_label(m[i, 0].cpu(), scale) for m in (a, b)]
         for k, label in enumerate(label_ids):
             pts_a, pts_b = (s.get(int(label)) for s in surfaces)
+            if pts_a is None and pts_b is None:
+                continue
             if pts_a is None or pts_b is None:
+                out[i, k], one_sided[i, k] = diagonal, True
                 continue
             d_ab = cKDTree(pts_b).query(pts_a, workers=-1)[0]
             d_ba = cKDTree(pts_a).query(pts_b, workers=-1)[0]
-            out[i, k] = np.percentile(np.concatenate([d_ab, d_ba]), 95)
-    return out
+            out[i, k] = max(np.percentile(d_ab, 95), np.percentile(d_ba, 95))
+    return (out, one_sided) if return_one_sided else out
 
 
 def _surface_points_by_label(labels, scale):

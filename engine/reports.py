@@ -43,11 +43,14 @@ def summarize(metrics, label_ids):
          "n_pairs_without_labels": int((~labelled).sum()), "n_labels": len(label_ids)}
     s["initial_dice_mean"], s["initial_dice_std"] = _mean_std(initial)
     s["dice_mean"], s["dice_std"] = _mean_std(after)
-    s["dice_median"] = float(np.median(after)) if np.isfinite(after).any() else None
+    finite = after[np.isfinite(after)]  # the pairs dice_mean averages
+    s["dice_median"] = float(np.median(finite)) if finite.size else None
     s["folding_percent_mean"], s["folding_percent_std"] = _mean_std(metrics.folding)
     s["sdlogj_mean"], s["sdlogj_std"] = _mean_std(metrics.sdlogj)
     s["hd95_mean"], s["hd95_std"] = _mean_std(hd95)
     s["hd95_units"] = HD95_UNITS
+    if metrics.hd95_one_sided is not None:
+        s["hd95_one_sided_labels"] = int(metrics.hd95_one_sided[labelled].sum())
     s["time_per_pair_s"], s["time_per_pair_std_s"] = _mean_std(metrics.time_s)
     s["time_per_pair_median_s"] = float(np.median(metrics.time_s)) if len(metrics.time_s) else None
     if metrics.network is not None:
@@ -60,7 +63,9 @@ def summarize(metrics, label_ids):
                         "notes": "the network's own field, before refinement; the main entries score the "
                                  "refined field and their time includes refinement"}
     s["notes"] = ("Dice and HD95 are means over the pairs with label maps; pair scores average the labels "
-                  "present in either map. Pairs without label maps count towards folding, SDlogJ and time only.")
+                  "present in either map. HD95 is the larger of the two directed 95th percentiles; a label in only "
+                  "one map scores the grid's diagonal (hd95_one_sided_labels counts them) and Dice 0. Pairs without "
+                  "label maps count towards folding, SDlogJ and time only.")
     return s
 
 
@@ -93,7 +98,12 @@ def write_per_pair_csv(path, metrics, split):
 
 
 def write_per_label_csv(path, metrics, label_ids, label_names):
-    """One row per label: id, name, pairs where it is present, Dice before/after and HD95 (mean, std)."""
+    """One row per label: id, name, pairs where it is present, Dice before/after and HD95 (mean, std).
+
+    ``n_pairs`` counts the pairs where the label is in the warped or the fixed map (a finite Dice
+    after registration), which are also the pairs its HD95 averages; Dice before registration
+    averages the pairs where it is in the moving or the fixed map, usually the same ones.
+    """
     rows = []
     for k, label in enumerate(label_ids):
         before, after, hd = metrics.dice_before[:, k], metrics.dice_after[:, k], metrics.hd95[:, k]

@@ -34,11 +34,14 @@ class PairMetrics:
     ----------
     dice_before, dice_after, hd95 : numpy.ndarray
         (n_pairs, n_labels) float64; NaN for labels absent from both maps and for pairs
-        without label maps (HD95: also for labels absent from either map).
+        without label maps. A label in only one map scores Dice 0 and the HD95 penalty of
+        :func:`engine.metrics.hd95_per_label` (the grid's diagonal).
     folding, sdlogj, time_s : numpy.ndarray
         (n_pairs,) float64: % of pixels with J < 0, SDlogJ, seconds of forward + warp.
     labelled : numpy.ndarray
         (n_pairs,) bool: both subjects of the pair have a label map.
+    hd95_one_sided : numpy.ndarray
+        (n_pairs,) int: labels of the pair whose HD95 is that penalty.
     network : dict, optional
         With refinement (``--refine K``): the network's own field before refinement, scored the
         same way: ``dice_after`` (n_pairs, n_labels), ``folding``, ``sdlogj``, ``time_s`` (n_pairs,).
@@ -52,6 +55,7 @@ class PairMetrics:
     sdlogj: np.ndarray
     time_s: np.ndarray
     labelled: np.ndarray
+    hd95_one_sided: np.ndarray = None
     network: dict = None
 
     @staticmethod
@@ -149,7 +153,8 @@ def _score_field(flow, batch, label_ids):
 def _register_split(model, data, label_ids, batch_size, hd95_spacing, panels, on_panel, progress, desc, refine):
     n, n_labels = len(data), len(label_ids)
     out = PairMetrics(*(np.full((n, n_labels), np.nan) for _ in range(3)),
-                      *(np.zeros(n) for _ in range(3)), labelled=np.zeros(n, dtype=bool))
+                      *(np.zeros(n) for _ in range(3)), labelled=np.zeros(n, dtype=bool),
+                      hd95_one_sided=np.zeros(n, dtype=np.int64))
     if refine is not None:
         out.network = {"dice_after": np.full((n, n_labels), np.nan), "folding": np.zeros(n), "sdlogj": np.zeros(n),
                        "time_s": np.zeros(n)}
@@ -194,8 +199,9 @@ def _register_split(model, data, label_ids, batch_size, hd95_spacing, panels, on
             for k, row in enumerate(rows):
                 if out.labelled[row]:
                     bar.set_postfix_str(f"{dice_so_far}HD95", refresh=True)
-                    out.hd95[row] = hd95_per_label(warped_labels[k : k + 1], batch.fixed_labels[k : k + 1],
-                                                   label_ids, hd95_spacing)[0]
+                    hd, one_sided = hd95_per_label(warped_labels[k : k + 1], batch.fixed_labels[k : k + 1],
+                                                   label_ids, hd95_spacing, return_one_sided=True)
+                    out.hd95[row], out.hd95_one_sided[row] = hd[0], one_sided[0].sum()
                 if row in panels and on_panel is not None:
                     scores = {"dice_before": PairMetrics.pair_score(out.dice_before[row : row + 1])[0],
                               "dice_after": PairMetrics.pair_score(out.dice_after[row : row + 1])[0],

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from data import oasis
-from data.dataset import RegistrationSplit, load_split, load_splits
+from data.dataset import RegistrationSplit, load_split, load_splits, shared_subjects, split_subjects
 from utils.errors import ConfigError, DataError
 
 SMALL_PHANTOM = {"phantom": {"n_subjects": 12, "shape": [32, 40]}}
@@ -112,6 +112,40 @@ def test_split_that_does_not_fit(tiny2d):
     msg = str(info.value)
     assert "[0, 200]" in msg and "201 subjects" in msg and "has 6" in msg
     assert "subjects.txt" in msg
+
+
+def test_split_subjects_match_the_loaded_split(tiny2d):
+    cfg = {"dataset": "oasis", "root": str(tiny2d), "splits": {"train": [0, 2], "val": [3, 3], "test": [4, 5]}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert split_subjects(cfg, 2, "test") == load_split(cfg, 2, "test").subjects
+    phantom = {"phantom": {"n_subjects": 12, "shape": [32, 40], "seed": 0}}
+    assert split_subjects(phantom, 2, "val") == load_split(phantom, 2, "val").subjects
+
+
+def test_shared_subjects(tiny2d, tmp_path):
+    def phantom(seed, splits, n=12):
+        return {"phantom": {"n_subjects": n, "shape": [32, 40], "seed": seed}, "splits": splits}
+    trained = phantom(0, {"train": [0, 5], "val": [6, 7], "test": [8, 11]})
+    # Another subject count, grid and split ranges: the same subjects by index under the same seed.
+    moved = {**phantom(0, {"train": [0, 1], "val": [2, 3], "test": [4, 7]}, n=20)}
+    moved["phantom"]["shape"] = [16, 20]
+    assert shared_subjects(trained, "train", moved, "test", 2) == ["PHANTOM_0004", "PHANTOM_0005"]
+    assert shared_subjects(trained, "train", trained, "test", 2) == []
+    assert shared_subjects(trained, "train", phantom(1, moved["splits"], n=20), "test", 2) == []  # other seed
+    # OASIS-layout data: the same subject folder names wherever the folders are.
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "subjects.txt").write_text((tiny2d / "subjects.txt").read_text())
+    a = {"dataset": "oasis", "root": str(tiny2d), "splits": {"train": [0, 3], "val": [4, 4], "test": [5, 5]}}
+    b = {"dataset": "oasis", "root": str(copy), "splits": {"train": [4, 5], "val": [0, 0], "test": [1, 3]}}
+    names = (tiny2d / "subjects.txt").read_text().split()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert shared_subjects(a, "train", b, "test", 2) == names[1:4]
+        assert shared_subjects(a, "train", trained, "test", 2) == []  # other kinds of data
+        # Unknown when a subject list cannot be read.
+        assert shared_subjects({**a, "root": str(tmp_path / "gone")}, "train", b, "test", 2) is None
 
 
 def test_3d_oasis(tiny3d):

@@ -14,7 +14,7 @@ from engine.checkpoint import save_weights
 from engine.config import resolve_config
 from engine.evaluation import evaluate_experiment, evaluate_main, evaluation_shapes, output_folder, panel_pairs
 from engine.metrics import hd95_per_label
-from engine.reports import RUN_KEYS, format_table
+from engine.reports import RUN_KEYS, format_table, summarize
 from engine.scoring import PairMetrics
 from engine.training import train_main
 from models import build_model
@@ -235,6 +235,20 @@ def test_helpers():
     assert "0.7650 ± 0.0300" in table and "n/a" in table and "4.00" in table
 
 
+def test_summary_statistics_skip_the_same_pairs():
+    # Pair 1 is labelled but has no label of the list in either map: no Dice, no HD95.
+    nan = np.nan
+    dice = np.array([[0.8, 0.6], [nan, nan], [0.5, 0.9], [0.2, nan]])
+    metrics = PairMetrics(dice_before=dice - 0.1, dice_after=dice, hd95=np.array([[2.0, 3.0], [nan, nan], [1.0, 1.0],
+                                                                                   [4.0, 9.0]]),
+                          folding=np.zeros(4), sdlogj=np.zeros(4), time_s=np.ones(4),
+                          labelled=np.array([True, True, True, False]), hd95_one_sided=np.array([0, 0, 1, 5]))
+    s = summarize(metrics, [1, 2])
+    assert s["dice_mean"] == pytest.approx(0.7) and s["dice_median"] == pytest.approx(0.7)  # pairs 0 and 2
+    assert s["hd95_mean"] == pytest.approx(1.75) and s["hd95_one_sided_labels"] == 1  # unlabelled pair 3 left out
+    json.dumps(s, allow_nan=False)  # valid JSON: no NaN anywhere
+
+
 # --------------------------------------------------------------------- issue 8: items 3, 4 and 8
 def spectral_layers(model):
     from models.spectral import SpectralConv
@@ -322,6 +336,26 @@ def test_config_file_evaluates_other_data_into_a_folder_named_by_it(tmp_path, mo
     same.write_text(json.dumps({"model_name": "fnoreg", "model_config": MODEL[2], "data_config": PHANTOM[2]}))
     (s,) = evaluate_experiment(2, exp_num, gpu_num=-1, progress=False, n_panels=0, config_file=str(same))
     assert s["data_tag"] is None and len(list((folder / "eval").iterdir())) == 2
+
+
+def test_config_file_whose_split_holds_training_subjects_is_flagged(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", str(tmp_path / "experiments"))
+    exp_num, folder = save_untrained_experiment(2, PHANTOM[2])  # trained on subjects 0-3
+    assert evaluate(2, "--exp_num", str(exp_num), "--n_panels", "0") == 0
+    assert "not held out" not in capsys.readouterr().err
+    own = json.loads((folder / "eval" / "final_32" / "summary.json").read_text())
+    assert own["training_subjects_in_split"] == 0
+
+    # The same phantom with other split ranges: its test split starts inside the training split.
+    data = {**PHANTOM[2], "splits": {"train": [5, 8], "val": [0, 1], "test": [2, 4]}}
+    other = tmp_path / "resplit.json"
+    other.write_text(json.dumps({"model_name": "fnoreg", "model_config": MODEL[2], "data_config": data}))
+    assert evaluate(2, "--exp_num", str(exp_num), "--n_panels", "0", "--config_file", str(other)) == 0
+    captured = capsys.readouterr()
+    assert "2 subject(s) of the test split are training subjects" in captured.err
+    assert "not held out" in captured.out  # under the printed table too
+    (tagged,) = [p for p in (folder / "eval").iterdir() if p.name.startswith("final_32_phantom-")]
+    assert json.loads((tagged / "summary.json").read_text())["training_subjects_in_split"] == 2
 
 
 def test_refine_reports_network_and_refined_scores_in_its_own_folder(exp_root, capsys):

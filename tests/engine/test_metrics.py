@@ -107,3 +107,44 @@ def test_hd95_known_shift():
     assert np.isnan(h[0, 1])
     assert hd95_per_label(a, a, [1])[0, 0] == 0
     assert hd95_per_label(a, b, [1], spacing=(2.0, 1.0, 1.0))[0, 0] == pytest.approx(6.0)
+
+
+def _surface(labels, label):
+    return torch.nonzero(surface_mask(labels) & (labels == label)).double()
+
+
+def _directed_p95(pa, pb):
+    """95th percentile of the distances from the points ``pa`` to their nearest in ``pb``, by brute force."""
+    return np.percentile(torch.cdist(pa, pb).min(1).values.numpy(), 95)
+
+
+def test_hd95_is_the_larger_directed_percentile():
+    # A square with a long spur against the square alone: the spur's voxels are far from b, and
+    # pooling both directions before the percentile would dilute them with b's near distances.
+    a = torch.zeros(1, 1, 64, 64, dtype=torch.long)
+    a[0, 0, 20:40, 20:40] = 1
+    b = a.clone()
+    a[0, 0, 29:31, 40:62] = 1
+    h = hd95_per_label(a, b, [1])[0, 0]
+    pa, pb = _surface(a[0, 0], 1), _surface(b[0, 0], 1)
+    ab, ba = _directed_p95(pa, pb), _directed_p95(pb, pa)
+    assert h == pytest.approx(max(ab, ba), rel=1e-12)
+    assert ab > ba  # the spur's direction decides
+    pooled = np.percentile(torch.cat([torch.cdist(pa, pb).min(1).values, torch.cdist(pb, pa).min(1).values]), 95)
+    assert h > pooled + 1  # the old, pooled definition understated it
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_hd95_one_sided_label_scores_the_diagonal(dim):
+    shape = (12, 15, 9)[:dim]
+    a = torch.zeros((1, 1) + shape, dtype=torch.long)
+    b = a.clone()
+    a[(0, 0) + (slice(2, 6),) * dim] = 1  # label 1 only in a (erased in b)
+    b[(0, 0) + (slice(3, 7),) * dim] = 2  # label 2 only in b
+    spacing = (0.5, 2.0, 1.0)[:dim]
+    h, one_sided = hd95_per_label(a, b, [1, 2, 3], spacing=spacing, return_one_sided=True)
+    diagonal = np.sqrt(sum(((n - 1) * s) ** 2 for n, s in zip(shape, spacing)))
+    assert h[0, 0] == pytest.approx(diagonal) and h[0, 1] == pytest.approx(diagonal)
+    assert np.isnan(h[0, 2])  # in neither map: nothing to score
+    assert one_sided.tolist() == [[True, True, False]]
+    assert mean_dice(a, b, [1, 2]).item() == 0  # Dice scores the same labels 0
