@@ -9,6 +9,7 @@ Everything is stored as tensors, numbers, strings, lists and dicts, so ``torch.l
 """
 
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -86,9 +87,11 @@ def load_model(folder, ckpt_epoch=None, device="cpu"):
     model : torch.nn.Module
         In eval mode, on ``device``.
     info : dict
-        ``checkpoint`` (a tag such as "final" or "epoch20"), ``epoch``, ``train_size``, ``path``,
-        ``model_config`` (the one stored with the weights, which built the model; editing the
-        experiment's ``config.json`` does not change it).
+        ``checkpoint`` (a tag such as "final" or "epoch20"), ``epoch`` (completed epochs),
+        ``train_size``, ``path``, ``model_config`` (the one stored with the weights, which built
+        the model; editing the experiment's ``config.json`` does not change it),
+        ``partial_epoch_steps`` (steps of the next epoch also done: non-zero only for a checkpoint
+        written on an interruption, which a notice on stderr then points out).
     """
     folder = Path(folder)
     if ckpt_epoch is None:
@@ -108,7 +111,11 @@ def load_model(folder, ckpt_epoch=None, device="cpu"):
     model.load_state_dict(model_state)
     model.to(device).eval()
     info = {"checkpoint": tag, "epoch": payload.get("epoch"), "train_size": payload.get("train_size"), "path": str(path),
-            "model_config": payload["model_config"]}
+            "model_config": payload["model_config"], "partial_epoch_steps": payload.get("step", 0)}
+    if info["partial_epoch_steps"]:
+        # Only an interrupted run that was never resumed past it leaves such a file (engine.train_loop).
+        print(f"notice: {path} was written on an interruption: the state after epoch {info['epoch']} plus "
+              f"{info['partial_epoch_steps']} steps of epoch {info['epoch'] + 1}", file=sys.stderr)
     return model, info
 
 

@@ -27,12 +27,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from engine.checkpoint import checkpoint_path, list_checkpoint_epochs
 from utils.errors import UserError
 from utils.fileio import read_json, write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _EXP = re.compile(r"^exp(\d+)$")
-RUN_ARTEFACTS = ("checkpoints", "weights.pth", "plots", "history.json")
+# What a restart moves to previous_runs/run<k>/ (evaluations too: they scored the old weights).
+RUN_ARTEFACTS = ("checkpoints", "weights.pth", "plots", "history.json", "eval")
+# An evaluation folder's checkpoint: final_<size>... or epoch<E>_<size>... (engine.evaluation.output_folder).
+_EVAL_CHECKPOINT = re.compile(r"^(final|epoch(\d+))_")
 
 
 def experiments_root(dim):
@@ -201,14 +205,38 @@ def archive_previous_run(folder):
     experiment had nothing to archive.
     """
     folder = Path(folder)
-    present = [name for name in RUN_ARTEFACTS if (folder / name).exists()]
-    if not present:
+    return _archive(folder, [folder / name for name in RUN_ARTEFACTS if (folder / name).exists()])
+
+
+def archive_after(folder, epoch):
+    """Move what a run wrote after ``epoch`` into ``previous_runs/run<k>/`` before a resume from it.
+
+    A resume from an earlier checkpoint trains the later epochs again and would overwrite their
+    checkpoints, the final weights and (under the same folder names) their evaluations: those
+    are kept, at the same relative paths, as a restart keeps a whole run. Returns the archive
+    folder, or None when nothing came after ``epoch``.
+    """
+    folder = Path(folder)
+    paths = [checkpoint_path(folder, e) for e in list_checkpoint_epochs(folder) if e > epoch]
+    paths += [folder / "weights.pth"] if (folder / "weights.pth").exists() else []
+    if (folder / "eval").is_dir():
+        for sub in sorted((folder / "eval").iterdir()):
+            m = _EVAL_CHECKPOINT.match(sub.name)
+            if m and (m.group(1) == "final" or int(m.group(2)) > epoch):
+                paths.append(sub)
+    return _archive(folder, paths)
+
+
+def _archive(folder, paths):
+    """Move ``paths`` (inside ``folder``) into a new ``previous_runs/run<k>/`` under their relative paths."""
+    if not paths:
         return None
     k = 1
     while (folder / "previous_runs" / f"run{k}").exists():
         k += 1
     target = folder / "previous_runs" / f"run{k}"
-    target.mkdir(parents=True)
-    for name in present:
-        shutil.move(str(folder / name), str(target / name))
+    for path in paths:
+        dest = target / path.relative_to(folder)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), str(dest))
     return target

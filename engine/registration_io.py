@@ -290,6 +290,8 @@ def register_files(exp_num, dim, moving, fixed, out, moving_seg=None, fixed_seg=
 
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUTS.values():  # an earlier registration's files must not sit beside this one's
+        (out / name).unlink(missing_ok=True)
     paths = {}
 
     def save(kind, array, intent=None):

@@ -69,26 +69,28 @@ def find_experiment(sweep, index):
     """Experiment number of point ``index`` (recorded, else found by its tag), or None."""
     dim, folder = sweep["dim"], sweep_dir(sweep["dim"], sweep["sweep"])
     root = xp.experiments_root(dim)
-    recorded = read_record(folder, index).get("exp_num")
-    if recorded is not None and (root / f"exp{recorded}" / "config.json").is_file():
-        return recorded
     tag = point_tag(dim, sweep["sweep"], index)
-    for number in reversed(xp.list_experiments(dim)):
+
+    def tagged(number):
+        # A deleted experiment's number is given to the next new one: the tag says whose it is.
         try:
-            if tag in read_json(root / f"exp{number}" / "config.json").get("description", ""):
-                return number
-        except (ConfigError, AttributeError):
-            continue
-    return None
+            return tag in read_json(root / f"exp{number}" / "config.json").get("description", "")
+        except (ConfigError, AttributeError, TypeError):
+            return False
+    recorded = read_record(folder, index).get("exp_num")
+    if recorded is not None and tagged(recorded):
+        return recorded
+    return next((number for number in reversed(xp.list_experiments(dim)) if tagged(number)), None)
 
 
 def find_val_summary(exp_folder, eval_size=None):
     """The newest validation ``summary.json`` of the final weights at ``eval_size``, or None.
 
     Searches every ``summary.json`` under ``eval/`` (whatever the folders are called) and keeps those
-    of the validation split and the final weights on the experiment's own data, at ``eval_size``
-    (smallest side) or, when it is None, at the data's native shape, written after the current
-    ``weights.pth``.
+    of the validation split and the final weights on the experiment's own data, evaluated as the
+    sweep evaluates a point (no refinement, no ``--fold_repair`` override, Dice on the native
+    label maps), at ``eval_size`` (smallest side) or, when it is None, at the data's native shape,
+    written after the current ``weights.pth``.
     """
     exp_folder = Path(exp_folder)
     weights = exp_folder / "weights.pth"
@@ -102,6 +104,8 @@ def find_val_summary(exp_folder, eval_size=None):
             continue
         if summary.get("split") != "val" or summary.get("checkpoint") != "final" or summary.get("data_tag"):
             continue  # a data_tag marks an evaluation on other data than the experiment's own
+        if summary.get("refine_steps") or summary.get("fold_repair_override") or summary.get("score_on") == "eval":
+            continue  # scores of another method than the point's own network
         if eval_size is None:
             ok = summary.get("eval_shape") is not None and summary.get("eval_shape") == summary.get("full_shape")
         else:

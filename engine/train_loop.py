@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from engine import experiment as xp
-from engine.checkpoint import list_checkpoint_epochs, save_checkpoint, save_weights
+from engine.checkpoint import checkpoint_path, list_checkpoint_epochs, save_checkpoint, save_weights
 from engine.multires import multires_batch
 from engine.metrics import folding_percent, mean_dice
 from engine.plotting import TRAIN_COLUMNS, plot_history, registration_panel
@@ -284,7 +284,9 @@ class TrainingLoop:
                         if epoch % tc["image_log_freq"] == 0 or epoch == tc["epochs"]:
                             if self.val is not None:
                                 self._log_panel(epoch)
-                        if epoch % tc["ckpt_freq"] == 0 or epoch == tc["epochs"]:
+                        # An interruption's checkpoint of this epoch (part of it) becomes the whole epoch's.
+                        if (epoch % tc["ckpt_freq"] == 0 or epoch == tc["epochs"]
+                                or checkpoint_path(self.folder, epoch).exists()):
                             save_checkpoint(self.folder, epoch, self._state(epoch))
                     barrier(self.dist)
                     first_step, sums = 0, None

@@ -128,11 +128,30 @@ class Trainer(TrainingLoop):
             self.mode = "restart" if args.ckpt_epoch is None else "resume"
             if args.ckpt_epoch is not None:
                 self.resume_state = load_checkpoint(self.folder, args.ckpt_epoch)
+                self._check_resumable(args.ckpt_epoch, path)
+        self.resume_epoch = args.ckpt_epoch
         if args.size is not None:
             if self.config["train_config"]["multires"]:
                 raise UserError("--size does not apply to a config with train_config.multires (its min_size..max_size "
                                 "range sets the training sizes); drop --size or set multires to null")
             self.config["train_config"]["size"] = args.size
+
+    def _check_resumable(self, epoch, path):
+        """Refuse a resume whose edited ``config.json`` would mix with the checkpoint's settings."""
+        if self.resume_state.get("config") is None:
+            return
+        trained = resolve_config(self.resume_state["config"], self.dim, source=f"checkpoint epoch {epoch}")
+        blocking, allowed = resume_changes(self.config, trained)
+        if blocking:
+            key = blocking[0]
+            raise ConfigError(
+                f"{path} was edited after checkpoint epoch {epoch} was written: {', '.join(blocking)} differ ({key}: "
+                f"{_dotted(self.config, key)!r} now, {_dotted(trained, key)!r} then), and a resume would mix the two "
+                f"configs; undo the edit, restart the experiment (--exp_num {self.exp_num} without --ckpt_epoch) or "
+                "start a new one (--config_file)")
+        if allowed and self.dist.is_main:
+            print(f"notice: resuming with {path}'s " + ", ".join(
+                f"{k} = {_dotted(self.config, k)!r} (was {_dotted(trained, k)!r})" for k in allowed), file=sys.stderr)
 
     def _prepare_folder(self):
         if self.main:
@@ -146,6 +165,11 @@ class Trainer(TrainingLoop):
                 if archived:
                     print(f"restart: previous run kept in {archived}", file=sys.stderr)
                 write_json(self.folder / "config.json", self.config)
+            elif self.mode == "resume":
+                archived = xp.archive_after(self.folder, self.resume_epoch)
+                if archived:
+                    print(f"resume: what the run wrote after epoch {self.resume_epoch} (checkpoints, weights, "
+                          f"evaluations) kept in {archived}", file=sys.stderr)
             (self.folder / "checkpoints").mkdir(exist_ok=True)
             self.run_index = xp.start_run(self.folder, self.mode, self.start_epoch, self.device,
                                           self.train_shape, self.n_params)
@@ -193,6 +217,35 @@ class Trainer(TrainingLoop):
             "train_size": list(self.train_shape),
             "config": self.config,
         }
+
+
+# Settings a resume may change: they steer what is still to come without touching what was done.
+RESUMABLE_CHANGES = ("train_config.ckpt_freq", "train_config.val_freq", "train_config.image_log_freq",
+                     "train_config.val_batch_size", "data_config.root")
+
+
+def resume_changes(current, trained):
+    """Keys in which ``current`` (``config.json`` now) differs from a checkpoint's ``trained`` config.
+
+    Returns
+    -------
+    (list of str, list of str)
+        Those that would make the resumed run a mix of two configs (the model, the loss, the
+        optimizer and schedule, the data), and those a resume may take up
+        (:data:`RESUMABLE_CHANGES`, a moved data root, and more ``epochs`` unless a cosine schedule
+        was fitted to the old count).
+    """
+    changed = config_differences(current, trained, ("model_name", "model_config", "train_config", "data_config"))
+    allowed = set(RESUMABLE_CHANGES)
+    if (trained["train_config"].get("lr_schedule") or {}).get("type") != "cosine":
+        allowed.add("train_config.epochs")
+    return [k for k in changed if k not in allowed], [k for k in changed if k in allowed]
+
+
+def _dotted(config, key):
+    section, _, name = key.partition(".")
+    value = config.get(section)
+    return value.get(name) if name and isinstance(value, dict) else value
 
 
 def config_differences(given, stored, sections=("model_name", "model_config", "train_config")):

@@ -96,6 +96,10 @@ def test_round_trip_2d_keeps_affine_shape_and_labels(exp_root, subjects, tmp_pat
     assert summary["fixed_shape"] == [32, 40] and (out / "registration.png").stat().st_size > 0
     assert "Dice" in capsys.readouterr().out
 
+    # Another pair into the same folder, without label maps: the first pair's warped_seg is gone.
+    assert register("--exp_num", 1, "--dim", 2, "--moving", fixed, "--fixed", moving, "--out", out) == 0
+    assert not (out / "warped_seg.nii.gz").exists() and (out / "warped.nii.gz").is_file()
+
 
 def test_3d_moving_of_another_shape_is_resampled_onto_the_fixed_grid(exp_root, subjects, tmp_path, capsys):
     images, labels = subjects[3]

@@ -31,9 +31,18 @@ def test_checkpoint_listing_and_missing_epoch(tmp_path):
     with pytest.raises(UserError, match=r"no checkpoint for epoch 5 .*existing checkpoint epochs: 2, 10"):
         load_checkpoint(tmp_path, 5)
     loaded, info = load_model(tmp_path, ckpt_epoch=2)
-    assert info["checkpoint"] == "epoch2"
+    assert info["checkpoint"] == "epoch2" and info["partial_epoch_steps"] == 0
     with pytest.raises(UserError, match="weights.pth does not exist.*--ckpt_epoch"):
         load_model(tmp_path)
+
+
+def test_a_checkpoint_written_on_an_interruption_says_so(tmp_path, capsys):
+    model = build_model("fnoreg", {"preset": "small", "n_layers": 1, "n_modes": [8, 8]}, 2)
+    save_checkpoint(tmp_path, 3, {"model": model.state_dict(), "model_name": "fnoreg",
+                                  "model_config": model.model_config, "epoch": 2, "step": 22})
+    _, info = load_model(tmp_path, ckpt_epoch=3)
+    assert (info["epoch"], info["partial_epoch_steps"]) == (2, 22)
+    assert "the state after epoch 2 plus 22 steps of epoch 3" in capsys.readouterr().err
 
 
 def test_damaged_checkpoint_is_a_clear_error(tmp_path):

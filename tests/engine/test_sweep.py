@@ -113,6 +113,33 @@ def test_each_point_is_a_numbered_experiment_evaluated_on_val(swept):
         assert record["metrics"]["dice_mean"] == pytest.approx(summary["dice_mean"])
 
 
+def test_a_points_result_is_its_own_networks_plain_evaluation(swept, tmp_path):
+    root, _ = swept
+    folder = tmp_path / "exp1"
+    shutil.copytree(root / "2d" / "exp1", folder)
+    own = sweep_points.find_val_summary(folder)
+    # Later evaluations of the same weights by other methods must not become the point's result.
+    for k, change in enumerate([{"refine_steps": 3}, {"fold_repair_override": "on"}, {"score_on": "eval"}]):
+        other = folder / "eval" / f"other{k}"
+        other.mkdir()
+        (other / "summary.json").write_text(json.dumps({**own, **change, "dice_mean": 0.99}))
+    assert sweep_points.find_val_summary(folder)["dice_mean"] == own["dice_mean"]
+
+
+def test_a_recorded_experiment_number_reused_by_another_run_is_not_the_points(swept, tmp_path, monkeypatch):
+    root, _ = swept
+    copy = tmp_path / "exps"
+    shutil.copytree(root, copy)
+    monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", str(copy))
+    sweep = json.loads((copy / "2d" / "sweeps" / "sweep1" / "sweep.json").read_text())
+    assert sweep_points.find_experiment(sweep, 1) == 2
+    # Experiment 2 deleted and its number taken by an unrelated run: point 1 has no experiment now.
+    config = copy / "2d" / "exp2" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "description": "unrelated"}))
+    assert sweep_points.find_experiment(sweep, 1) is None
+    assert sweep_points.find_experiment(sweep, 0) == 1
+
+
 def test_table_and_plot_files(swept):
     root, _ = swept
     folder = root / "2d" / "sweeps" / "sweep1"

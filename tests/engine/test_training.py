@@ -129,6 +129,30 @@ def test_interrupt_saves_checkpoint_and_resume_continues_exactly(tmp_path, exp_r
 
     assert train("--exp_num", "2", "--ckpt_epoch", "2") == 0
     assert_same_weights(weights(folder), straight)
+    state = torch.load(folder / "checkpoints" / "ckpt_epoch2.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["step"] == 0  # the whole epoch now, as the name says
+
+
+def test_an_interruptions_checkpoint_becomes_the_whole_epochs(tmp_path, exp_root, monkeypatch):
+    from engine.batches import DeviceSplit
+
+    cfg = write_config(tmp_path, train_config={"ckpt_freq": 4})  # epoch 3 is no checkpoint epoch
+    original, calls = DeviceSplit.batch, {"n": 0}
+
+    def interrupting(self, idx):
+        calls["n"] += len(self) == 20
+        if calls["n"] == 8 and len(self) == 20:  # 2nd step of epoch 3
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, idx)
+
+    monkeypatch.setattr(DeviceSplit, "batch", interrupting)
+    assert train("--config_file", cfg) == 130
+    monkeypatch.setattr(DeviceSplit, "batch", original)
+    folder = exp_root / "2d" / "exp1"
+    assert torch.load(folder / "checkpoints" / "ckpt_epoch3.pt", weights_only=True)["step"] == 2
+    assert train("--exp_num", "1", "--ckpt_epoch", "3") == 0
+    state = torch.load(folder / "checkpoints" / "ckpt_epoch3.pt", weights_only=True)
+    assert (state["epoch"], state["step"]) == (3, 0) and list_checkpoint_epochs(folder) == [3, 4]
 
 
 def test_restart_keeps_previous_run(tmp_path, exp_root):
@@ -144,6 +168,61 @@ def test_restart_keeps_previous_run(tmp_path, exp_root):
     assert (folder / "logs" / "run1").is_dir() and (folder / "logs" / "run2").is_dir()
     meta = json.loads((folder / "metadata.json").read_text())
     assert [r["kind"] for r in meta["runs"]] == ["start", "restart"]
+
+
+def test_resume_from_an_earlier_epoch_keeps_what_came_after(tmp_path, exp_root, capsys):
+    assert train("--config_file", write_config(tmp_path)) == 0
+    folder = exp_root / "2d" / "exp1"
+    (folder / "eval" / "final_32").mkdir(parents=True)
+    (folder / "eval" / "epoch2_32").mkdir()
+    (folder / "eval" / "epoch4_32").mkdir()
+    old4 = (folder / "checkpoints" / "ckpt_epoch4.pt").read_bytes()
+    assert train("--exp_num", "1", "--ckpt_epoch", "2") == 0
+    kept = folder / "previous_runs" / "run1"
+    assert "resume: what the run wrote after epoch 2" in capsys.readouterr().err
+    assert (kept / "checkpoints" / "ckpt_epoch4.pt").read_bytes() == old4 and (kept / "weights.pth").is_file()
+    assert sorted(p.name for p in (kept / "eval").iterdir()) == ["epoch4_32", "final_32"]
+    assert (folder / "eval" / "epoch2_32").is_dir() and list_checkpoint_epochs(folder) == [2, 4]
+
+
+@pytest.mark.parametrize("section, key, value, refused", [
+    ("train_config", "lr", 0.1, True),
+    ("train_config", "reg_param", 1.0, True),
+    ("model_config", "n_layers", 2, True),
+    ("data_config", "splits", {"train": [0, 3], "val": [5, 7], "test": None}, True),
+    ("train_config", "epochs", 6, False),
+    ("train_config", "ckpt_freq", 1, False),
+])
+def test_resume_refuses_an_edited_config_that_would_mix_two_runs(tmp_path, exp_root, capsys, section, key, value,
+                                                                 refused):
+    assert train("--config_file", write_config(tmp_path)) == 0
+    folder = exp_root / "2d" / "exp1"
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg[section][key] = value
+    (folder / "config.json").write_text(json.dumps(cfg))
+    before = sorted(p.name for p in folder.rglob("*"))
+    capsys.readouterr()
+    if refused:
+        with pytest.raises(SystemExit) as exc:
+            train("--exp_num", "1", "--ckpt_epoch", "2")
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert exc.value.code == 2 and len(errors) == 1 and f": {section}.{key} differ ({section}.{key}: " in errors[0]
+        assert sorted(p.name for p in folder.rglob("*")) == before  # nothing moved or written
+    else:
+        assert train("--exp_num", "1", "--ckpt_epoch", "2") == 0
+        assert f"notice: resuming with {folder / 'config.json'}'s {section}.{key} = {value}" in capsys.readouterr().err
+
+
+def test_resume_cannot_extend_a_cosine_schedule(tmp_path, exp_root, capsys):
+    cosine = {"lr_schedule": {"type": "cosine"}}
+    assert train("--config_file", write_config(tmp_path, train_config=cosine)) == 0
+    folder = exp_root / "2d" / "exp1"
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["train_config"]["epochs"] = 8
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SystemExit):
+        train("--exp_num", "1", "--ckpt_epoch", "4")
+    assert "(train_config.epochs: 8 now, 4 then)" in capsys.readouterr().err
 
 
 def test_size_flag_sets_training_shape(tmp_path, exp_root):
