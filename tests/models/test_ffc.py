@@ -201,3 +201,36 @@ def test_unit_inference_matches_reference_on_any_axes(dim, shape, fft_axes, norm
         # "forward" scales the inverse by the sample count: rounding scales with the largest value.
         atol = max(1e-5, 1e-6 * expected.abs().max().item())
         torch.testing.assert_close(unit(x), expected, atol=atol, rtol=1.3e-6)
+
+
+@pytest.mark.parametrize("shape", [(6, 8, 10), (5, 7, 9)])
+@pytest.mark.parametrize("fft_axes", [[1, 2], [0, 2], [0, 1]])
+def test_unit_inference_on_some_of_three_axes(shape, fft_axes):
+    # Without autograd the unit moves the half-spectrum axis first; the other transformed axes must
+    # follow it, and the untransformed one must stay untransformed.
+    torch.manual_seed(0)
+    unit = _randomise_batch_norms(FourierUnit(3, 4, fft_axes=fft_axes)).eval()
+    x = torch.randn(2, 4, *shape)
+    expected = _unit_reference(unit, x)
+    with torch.no_grad():
+        torch.testing.assert_close(unit(x), expected, atol=1e-5, rtol=1.3e-6)
+    torch.testing.assert_close(unit(x), expected, atol=1e-5, rtol=1.3e-6)  # the autograd path
+
+
+def test_fold_cache_sees_a_training_batch_through_pytorchs_own_batch_norm(monkeypatch):
+    """PyTorch's batch-norm kernel (what CUDA and other dtypes run in training) updates the running
+    statistics without bumping their versions; the cached fold must still follow them."""
+    import models.batchnorm as batchnorm
+    from models.spectral import weight_cache
+
+    monkeypatch.setattr(batchnorm, "_fusable", lambda bn, x: False)
+    torch.manual_seed(0)
+    block = FFCResidualBlock(2, 8).eval()
+    x = torch.randn(2, 8, 12, 16)
+    with weight_cache(block):
+        with torch.no_grad():
+            block(x)  # folds cached from the initial statistics
+            block.train()(3 * x + 1)  # a training batch moves the running statistics
+            cached = block.eval()(x)
+    with torch.no_grad():
+        torch.testing.assert_close(cached, block(x))
