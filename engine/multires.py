@@ -47,23 +47,31 @@ def step_size(seed, epoch, step, min_size, max_size):
     return int(torch.randint(min_size, max_size + 1, (1,), generator=gen))
 
 
-def resize_batch(batch, shape):
-    """A :class:`engine.batches.PairBatch` resized to ``shape`` (itself when it has that shape)."""
+def resize_batch(batch, shape, antialias=False):
+    """A :class:`engine.batches.PairBatch` resized to ``shape`` (itself when it has that shape).
+
+    ``antialias``: low-pass the images before downsampling (``data_config.antialias``, as the
+    split itself was resized); label maps are always resized by nearest neighbour.
+    """
     shape = tuple(int(s) for s in shape)
     if tuple(batch.moving.shape[2:]) == shape:
         return batch
-    out = replace(batch, moving=resize_images(batch.moving, shape), fixed=resize_images(batch.fixed, shape))
+    out = replace(batch, moving=resize_images(batch.moving, shape, antialias),
+                  fixed=resize_images(batch.fixed, shape, antialias))
     if batch.moving_labels is not None:
         out.moving_labels = resize_labels(batch.moving_labels, shape)
         out.fixed_labels = resize_labels(batch.fixed_labels, shape)
     return out
 
 
-def multires_batch(batch, multires, seed, epoch, step):
-    """Resize a training batch to this step's drawn size; ``batch`` itself when multires is off."""
+def multires_batch(batch, multires, seed, epoch, step, antialias=False):
+    """Resize a training batch to this step's drawn size; ``batch`` itself when multires is off.
+
+    ``antialias`` as in :func:`resize_batch`: the configured ``data_config.antialias``.
+    """
     if not multires:
         return batch
     size = step_size(seed, epoch, step, multires["min_size"], multires["max_size"])
     full = batch.moving.shape[2:]
     # The split is held at max_size; shapes keep its aspect ratio.
-    return resize_batch(batch, shape_for_size(size, tuple(full)) if size < min(full) else full)
+    return resize_batch(batch, shape_for_size(size, tuple(full)) if size < min(full) else full, antialias)

@@ -118,7 +118,7 @@ class TrainingLoop:
                 if any_rank(self.stop.signum is not None, self.dist):
                     return step, self._host(device_sums), True
                 batch = multires_batch(self.train.batch(order[step][rank::world]), tc["multires"], tc["seed"], epoch,
-                                       step)
+                                       step, self.config["data_config"]["antialias"])
                 total, terms, _, _ = self._loss(self.net, batch)
                 self.optimizer.zero_grad(set_to_none=True)
                 total.backward()
@@ -157,9 +157,10 @@ class TrainingLoop:
         """Loss terms, Dice before/after and folding on the validation pairs at the training shape.
 
         Runs inside :func:`models.spectral.weight_cache`, freed on return (no memory is held
-        during training). Pairs without label maps count towards the loss and folding only; a
-        batch with no labelled pair adds no Dice, and without any labelled pair ``dice`` and
-        ``dice_before`` are absent.
+        during training). Each loss term is averaged over the pairs it applies to (the soft-Dice
+        term over the pairs with label maps only) and ``loss`` is the loss's weighted sum of
+        those means. Pairs without label maps count towards the image terms and folding only;
+        without any labelled pair ``dice``, ``dice_before`` and ``dice_loss`` are absent.
         """
         with weight_cache(self.model):
             return self._validate_pairs()
@@ -167,24 +168,36 @@ class TrainingLoop:
     def _validate_pairs(self):
         tc = self.config["train_config"]
         self.model.eval()
-        totals, n_pairs = {}, 0
+        sums, counts = {}, {}
         dice_before, dice_after, folds = [], [], []
+        image_terms = dataclasses.replace(self.loss_fn, seg_param=0.0)
         for _, batch in self.val.batches(tc["val_batch_size"] or tc["batch_size"]):
-            labelled = batch.has_labels is not None and bool(batch.has_labels.all())
-            # Pairs without label maps are scored on the image terms only.
-            loss_fn = self.loss_fn if labelled else dataclasses.replace(self.loss_fn, seg_param=0.0)
-            total, terms, flow, _ = self._loss(self.model, batch, loss_fn)
-            b = batch.moving.shape[0]
-            for name, value in [("loss", total), *terms.items()]:
-                totals[name] = totals.get(name, 0.0) + float(value) * b
-            n_pairs += b
+            flow = self.model(batch.moving, batch.fixed)
+            warped = warp(batch.moving, flow)
+            # Each term over the pairs it applies to: the Dice term over the labelled ones only.
+            labelled = (batch.has_labels if batch.has_labels is not None and batch.moving_labels is not None
+                        else torch.zeros(len(flow), dtype=torch.bool, device=flow.device))
+            parts = [(labelled, self.loss_fn), (~labelled, image_terms)] if self.loss_fn.uses_labels else \
+                [(torch.ones_like(labelled), self.loss_fn)]
+            for rows, loss_fn in parts:
+                n = int(rows.sum())
+                if n == 0:
+                    continue
+                onehots = ((one_hot(batch.fixed_labels[rows], self.label_ids),
+                            warp(one_hot(batch.moving_labels[rows], self.label_ids), flow[rows]))
+                           if loss_fn.uses_labels else ())
+                _, terms = loss_fn(batch.fixed[rows], warped[rows], flow[rows], *onehots)
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0.0) + float(value) * n
+                    counts[name] = counts.get(name, 0) + n
             folds.append(folding_percent(flow))
             if batch.moving_labels is not None and bool(batch.has_labels.any()):
                 keep = batch.has_labels
                 warped_labels = warp(batch.moving_labels, flow)
                 dice_after.append(mean_dice(warped_labels[keep], batch.fixed_labels[keep], self.label_ids))
                 dice_before.append(mean_dice(batch.moving_labels[keep], batch.fixed_labels[keep], self.label_ids))
-        out = {k: v / n_pairs for k, v in totals.items()}
+        out = {k: v / counts[k] for k, v in sums.items()}
+        out["loss"] = float(self.loss_fn.combine(out))
         out["folding"] = float(torch.cat(folds).mean())
         if dice_after and torch.cat(dice_after).numel():
             out["dice"] = float(torch.nanmean(torch.cat(dice_after)))

@@ -59,13 +59,23 @@ class RegistrationLoss:
         else:
             sim = SIMILARITIES[self.similarity](fixed, warped)
         terms = {"similarity": sim, "smoothness": smoothness(flow)}
-        total = sim + self.reg_param * terms["smoothness"]
         if self.jac_param > 0:
             terms["folding"] = folding_penalty(flow)
-            total = total + self.jac_param * terms["folding"]
         if self.uses_labels:
             if fixed_onehot is None or warped_onehot is None:
                 raise ConfigError("seg_param > 0 needs label maps for every training subject; set seg_param to 0")
             terms["dice_loss"] = soft_dice_loss(fixed_onehot, warped_onehot)
-            total = total + self.seg_param * terms["dice_loss"]
-        return total, terms
+        return self.combine(terms), terms
+
+    def combine(self, terms):
+        """The weighted total of unweighted ``terms`` (tensors or numbers); absent terms count 0.
+
+        Also what a validation reports from each term averaged over the pairs it applies to
+        (the Dice term over the pairs with label maps only).
+        """
+        weights = {"smoothness": self.reg_param, "folding": self.jac_param, "dice_loss": self.seg_param}
+        total = terms["similarity"]
+        for name, weight in weights.items():
+            if name in terms and weight > 0:
+                total = total + weight * terms[name]
+        return total

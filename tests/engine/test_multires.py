@@ -32,6 +32,21 @@ def test_batches_are_resized_keeping_the_aspect_ratio():
     assert multires_batch(batch, None, 0, 1, 0) is batch
 
 
+def test_antialias_applies_to_the_drawn_size():
+    from data.resize import resize_images, shape_for_size
+
+    images = torch.rand(2, 1, 40, 48)
+    batch = PairBatch(images, images.flip(0))
+    cfg = {"min_size": 10, "max_size": 40}
+    step = next(s for s in range(50) if step_size(0, 1, s, 10, 40) <= 20)  # a strong downsampling
+    shape = shape_for_size(step_size(0, 1, step, 10, 40), (40, 48))
+    for antialias in (False, True):
+        out = multires_batch(batch, cfg, 0, 1, step, antialias)
+        torch.testing.assert_close(out.moving, resize_images(images, shape, antialias), rtol=0, atol=0)
+    assert not torch.equal(multires_batch(batch, cfg, 0, 1, step, True).moving,
+                           multires_batch(batch, cfg, 0, 1, step, False).moving)
+
+
 @pytest.mark.parametrize("value, message", [
     ({"min_size": 80}, "max_size"),
     ({"min_size": 100, "max_size": 80}, "exceeds"),

@@ -100,25 +100,31 @@ def test_resume_halfway_gives_identical_weights(tmp_path, exp_root):
     assert history["epoch"] == [1, 2, 3, 4]
 
 
+def interrupted_run(cfg, at_step, monkeypatch):
+    """A new run of ``cfg`` sent SIGINT (as if Ctrl-C) while fetching its ``at_step``-th training batch."""
+    from engine.batches import DeviceSplit
+
+    original, calls = DeviceSplit.batch, {"n": 0}
+
+    def interrupting(self, idx):
+        calls["n"] += len(self) == 20  # count training batches only (5 subjects: 20 ordered pairs)
+        if calls["n"] == at_step and len(self) == 20:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, idx)
+
+    monkeypatch.setattr(DeviceSplit, "batch", interrupting)
+    try:
+        return train("--config_file", cfg)
+    finally:
+        monkeypatch.setattr(DeviceSplit, "batch", original)
+
+
 def test_interrupt_saves_checkpoint_and_resume_continues_exactly(tmp_path, exp_root, monkeypatch):
     cfg = write_config(tmp_path)
     assert train("--config_file", cfg) == 0
     straight = weights(exp_root / "2d" / "exp1")
 
-    from engine.batches import DeviceSplit
-
-    original = DeviceSplit.batch
-    calls = {"n": 0}
-
-    def interrupting(self, idx):
-        calls["n"] += len(self) == 20  # count training batches only (5 subjects: 20 ordered pairs)
-        if calls["n"] == 5 and len(self) == 20:  # 2nd step of epoch 2 (3 steps per epoch): as if Ctrl-C
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, idx)
-
-    monkeypatch.setattr(DeviceSplit, "batch", interrupting)
-    assert train("--config_file", cfg) == 130
-    monkeypatch.setattr(DeviceSplit, "batch", original)
+    assert interrupted_run(cfg, 5, monkeypatch) == 130  # 2nd step of epoch 2 (3 steps per epoch)
     folder = exp_root / "2d" / "exp2"
     meta = json.loads((folder / "metadata.json").read_text())
     assert meta["runs"][-1]["status"] == "interrupted"
@@ -134,20 +140,8 @@ def test_interrupt_saves_checkpoint_and_resume_continues_exactly(tmp_path, exp_r
 
 
 def test_an_interruptions_checkpoint_becomes_the_whole_epochs(tmp_path, exp_root, monkeypatch):
-    from engine.batches import DeviceSplit
-
     cfg = write_config(tmp_path, train_config={"ckpt_freq": 4})  # epoch 3 is no checkpoint epoch
-    original, calls = DeviceSplit.batch, {"n": 0}
-
-    def interrupting(self, idx):
-        calls["n"] += len(self) == 20
-        if calls["n"] == 8 and len(self) == 20:  # 2nd step of epoch 3
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, idx)
-
-    monkeypatch.setattr(DeviceSplit, "batch", interrupting)
-    assert train("--config_file", cfg) == 130
-    monkeypatch.setattr(DeviceSplit, "batch", original)
+    assert interrupted_run(cfg, 8, monkeypatch) == 130  # 2nd step of epoch 3
     folder = exp_root / "2d" / "exp1"
     assert torch.load(folder / "checkpoints" / "ckpt_epoch3.pt", weights_only=True)["step"] == 2
     assert train("--exp_num", "1", "--ckpt_epoch", "3") == 0
@@ -368,8 +362,29 @@ def test_validation_with_unlabelled_pairs(tmp_path, exp_root, unlabelled):
     assert len(history["val_loss"]) == 1 and len(history["val_folding"]) == 1
     if len(unlabelled) == 1:
         assert 0 < history["val_dice"][0] <= 1 and 0 < history["initial_val_dice"] <= 1
+        # The soft-Dice term is the mean over the labelled pairs (4,5) and (5,4), not diluted by the
+        # others, and the loss is the weighted sum of the terms' means.
+        from data.dataset import load_split
+        from engine.checkpoint import load_model
+        from losses import RegistrationLoss, one_hot
+        from models import warp
+
+        model, _ = load_model(exp_root / "2d" / "exp1")
+        split = load_split(raw["data_config"], 2, "val")
+        images, labels = split.images, split.labels.long()
+        moving, fixed = torch.stack([images[0], images[1]]), torch.stack([images[1], images[0]])
+        moving_l, fixed_l = torch.stack([labels[0], labels[1]]), torch.stack([labels[1], labels[0]])
+        with torch.no_grad():
+            flow = model(moving, fixed)
+            ids = split.label_ids
+            loss = RegistrationLoss(seg_param=0.01)
+            _, terms = loss(fixed, warp(moving, flow), flow, one_hot(fixed_l, ids), warp(one_hot(moving_l, ids), flow))
+        assert history["val_dice_loss"][0] == pytest.approx(float(terms["dice_loss"]), rel=1e-5)
+        expected = history["val_similarity"][0] + 0.01 * history["val_smoothness"][0] + 0.01 * history[
+            "val_dice_loss"][0]
+        assert history["val_loss"][0] == pytest.approx(expected, rel=1e-9)
     else:
-        assert "val_dice" not in history
+        assert "val_dice" not in history and "val_dice_loss" not in history
 
 
 def test_size_zero_is_a_one_line_error(tmp_path, exp_root, capsys):
