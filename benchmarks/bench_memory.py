@@ -303,6 +303,7 @@ def main(argv=None):
     available = available_memory_bytes()
     limit = int(args.mem_limit_gb * 2**30) if args.mem_limit_gb else (int(0.75 * available) if available else None)
     info = machine_info(devices[-1])
+    info["device"] = ", ".join(map(str, devices))  # every device the run measured
     cells = bench(entries, sizes, devices, args.threads or torch.get_num_threads(), args.timeout, limit, args.modes,
                   jobs=args.jobs)
     finish_machine_info(info)

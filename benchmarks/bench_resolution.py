@@ -70,8 +70,9 @@ BUDGETS = {
     "cpu": {"batch_size": 8, "epochs": 6, "steps_per_epoch": 50, "lr": 1e-3},
     "full": {"batch_size": 8, "epochs": 80, "steps_per_epoch": None, "lr": 1e-4},
 }
+# multires would override size (the two training sizes would be one run): the budget owns it too.
 BUDGET_KEYS = ("batch_size", "epochs", "steps_per_epoch", "lr", "seed", "size", "ckpt_freq", "val_freq",
-               "image_log_freq", "lr_schedule", "val_batch_size")
+               "image_log_freq", "lr_schedule", "val_batch_size", "multires")
 PHANTOM = {"n_subjects": 64, "shape": [160, 192], "seed": 0}
 
 
@@ -82,16 +83,21 @@ def _read(path):
 
 
 def model_runs(models, config_args=(), variants=()):
-    """``[(label, {"model_name", "model_config", "train_config"})]``: the models, then the variants."""
+    """``[(label, {"model_name", "model_config", "train_config"})]``: the models, then the variants.
+
+    A ``name/preset`` model is the published network, the bare preset, whatever its config file
+    adds (``configs/fnoreg_2d_small.json`` turns on this project's ``diffeomorphic`` and
+    ``fold_repair``: post-processing that zeroes folding, which no baseline gets); the config
+    file gives only its training settings. A shipped config as it is: ``--configs``.
+    """
     out = []
     for name in models:
         model_name, _, preset = name.partition("/")
+        model = {"model_name": model_name, "model_config": {"preset": preset} if preset else {}}
         path = CONFIG_DIR / CONFIG_FILES[name] if name in CONFIG_FILES else None
         if path is not None and path.is_file():
-            cfg = _read(path)
-            out.append((name, {k: cfg[k] for k in ("model_name", "model_config", "train_config") if k in cfg}))
-        else:
-            out.append((name, {"model_name": model_name, "model_config": {"preset": preset} if preset else {}}))
+            model["train_config"] = _read(path).get("train_config", {})
+        out.append((name, model))
     for item in config_args:
         label, sep, path = item.partition("=")
         if not sep:

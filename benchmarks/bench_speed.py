@@ -266,12 +266,17 @@ def add_ratios(cells):
 
 
 def scaling_exponents(cells):
-    """{device: {label: {mode: slope}}}: least-squares slope of log(time per pair) on log(pixels)."""
+    """{device: {"label (dD)": {mode: slope}}}: least-squares slope of log(time per pair) on log(pixels).
+
+    One fit per dimension: a model run in 2D and 3D is two architectures' worth of kernels (a
+    2D and a 3D convolution), and one line through both would mix their costs.
+    """
     out = {}
     groups = {}
     for c in cells:
         if c["status"] == "ok":
-            groups.setdefault((c["device"], c["label"], c["mode"]), []).append((c["pixels"], c["seconds_per_pair"]))
+            key = (c["device"], f"{c['label']} ({c['dim']}D)", c["mode"])
+            groups.setdefault(key, []).append((c["pixels"], c["seconds_per_pair"]))
     for (device, label, mode), points in groups.items():
         if len({p for p, _ in points}) < 2:
             continue
@@ -354,12 +359,16 @@ def plot(result, path):
     for ax, mode in zip(axes, MODES):
         for i, label in enumerate(labels):
             for j, device in enumerate(devices):
-                pts = sorted((c["pixels"], c["seconds_per_pair"]) for c in cells
-                             if c["label"] == label and c["mode"] == mode and c["device"] == device)
-                if not pts:
-                    continue
-                ax.plot(*zip(*pts), marker="osD^v<>p"[i % 8], linestyle=["-", "--", ":"][j % 3], color=colours(i % 20),
-                        label=label + (f" ({device})" if len(devices) > 1 else ""))
+                for k, dim in enumerate((2, 3)):  # 2D and 3D as separate lines, as their fits are
+                    pts = sorted((c["pixels"], c["seconds_per_pair"]) for c in cells if c["label"] == label
+                                 and c["mode"] == mode and c["device"] == device and c["dim"] == dim)
+                    if not pts:
+                        continue
+                    first = not any(c["dim"] < dim for c in cells if c["label"] == label and c["mode"] == mode
+                                    and c["device"] == device)
+                    ax.plot(*zip(*pts), marker="osD^v<>p"[i % 8], linestyle=["-", "--", ":"][j % 3],
+                            color=colours(i % 20),
+                            label=(label + (f" ({device})" if len(devices) > 1 else "")) if first else None)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("pixels / voxels per image")
@@ -401,6 +410,7 @@ def main(argv=None):
     sizes = [parse_size(s) for s in args.sizes]
     entries = parse_models(args.models, args.configs)
     info = machine_info(devices[-1])
+    info["device"] = ", ".join(map(str, devices))  # every device the run measured
     if any(d.type == "cpu" for d in devices):
         info["cpu_device_measured"] = True
     cells = bench(entries, sizes, devices, args.repeats, args.max_seconds, args.modes)

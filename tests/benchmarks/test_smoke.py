@@ -215,8 +215,14 @@ def test_resolution_variants_keep_the_benchmark_budget():
     config = bench_resolution.run_config("bl", runs["bl"], 80, bench_resolution.BUDGETS["cpu"], {}, 0)
     assert config["train_config"]["batch_size"] == 8 and config["train_config"]["reg_param"] == 0.05
     assert config["model_config"]["band_limit"] is True and config["train_config"]["size"] == 80
-    published = json.loads((bench_resolution.CONFIG_DIR / "fnoreg_2d_small.json").read_text())
-    assert runs["fnoreg/small"]["model_config"] == published["model_config"]  # the config file's model
+    shipped = json.loads((bench_resolution.CONFIG_DIR / "fnoreg_2d_small.json").read_text())
+    # The published network (no fold repair, which no baseline gets), with the config file's training.
+    assert runs["fnoreg/small"]["model_config"] == {"preset": "small"}
+    assert runs["fnoreg/small"]["train_config"] == shipped["train_config"]
+    multires = dict(bench_resolution.model_runs([], variants=[
+        'mr:{"model_name": "fnoreg", "train_config": {"multires": {"min_size": 40, "max_size": 160}}}']))
+    config = bench_resolution.run_config("mr", multires["mr"], 80, bench_resolution.BUDGETS["cpu"], {}, 0)
+    assert "multires" not in config["train_config"]  # it would make the two training sizes one run
 
 
 def test_floor_smoke(tmp_path):
