@@ -40,7 +40,19 @@ def test_speed_smoke(tmp_path):
     md = (tmp_path / "speed.md").read_text()
     assert "Inference" in md and "Training" in md and data["machine"]["cpu"] in md
     assert (tmp_path / "speed_scaling.png").stat().st_size > 0
-    assert result["scaling_exponents"]["cpu"]["voxelmorph/vxm2"]["inference"] is not None
+    assert result["scaling_exponents"] == {}  # one size per dimension: nothing to fit, and 2D and 3D never mix
+
+
+def test_scaling_exponents_fit_each_dimension_apart():
+    from benchmarks import bench_speed
+
+    def cell(dim, pixels, seconds):
+        return {"status": "ok", "device": "cpu", "label": "m", "mode": "inference", "dim": dim, "pixels": pixels,
+                "seconds_per_pair": seconds}
+    # Linear in 2D, quadratic in 3D, and 3D much slower per pixel: one line through all four would say neither.
+    cells = [cell(2, 100, 1.0), cell(2, 400, 4.0), cell(3, 1000, 100.0), cell(3, 8000, 6400.0)]
+    slopes = bench_speed.scaling_exponents(cells)["cpu"]
+    assert slopes["m (2D)"]["inference"] == pytest.approx(1.0) and slopes["m (3D)"]["inference"] == pytest.approx(2.0)
 
 
 def test_speed_skips_what_cannot_run():
