@@ -17,8 +17,8 @@ is also multiplied by 64, and 1/64 in 3D; a constant gain only rescales the last
 field is in normalised coordinates, as in the released code.
 
 With ``diffeomorphic=True`` (Fourier-Net-Diff) the decoded field is a stationary velocity,
-integrated by the shared scaling-and-squaring layer (:mod:`models.integrate`, 7 steps as
-published). Layers of the released code that its forward pass never uses are not built, so
+integrated by the shared scaling-and-squaring layer (:mod:`models.integrate`, 7 steps and
+border padding as published). Layers of the released code that its forward pass never uses are not built, so
 the parameter counts are those "used in the forward pass" (1.43 M / 5.71 M in 2D for 16 / 32
 starting channels).
 
@@ -107,7 +107,9 @@ class FourierNet(InputShapeMixin, nn.Module):
         self.dec2 = nn.Sequential(_ConvPReLU(dim, 8 * c, 4 * c), _ConvPReLU(dim, 4 * c, 2 * c))
         self.head = conv(dim, 2 * c, dim, 3, bias=False)
         init_head(self.head, head_init)
-        self.output = FlowOutput("normalised", integration_steps if diffeomorphic else 0)
+        # Border padding, as Fourier-Net-Diff's public code integrates (xi-jia/Fourier-Net,
+        # DiffeomorphicTransform: grid_sample(..., padding_mode="border")).
+        self.output = FlowOutput("normalised", integration_steps if diffeomorphic else 0, padding="border")
 
     def input_multiple(self):
         return 16

@@ -63,14 +63,17 @@ class FlowOutput(nn.Module):
     integration_steps : int
         0: the head predicts a displacement. k > 0: it predicts a stationary velocity, integrated
         by scaling and squaring with k steps (a diffeomorphic variant).
+    padding : {"zeros", "border"}
+        What the integration reads outside the image (:class:`models.integrate.ScalingSquaring`):
+        as the model's public code does.
     """
 
-    def __init__(self, flow_units="normalised", integration_steps=0):
+    def __init__(self, flow_units="normalised", integration_steps=0, padding="zeros"):
         super().__init__()
         self.flow_units = check_choice(flow_units, FLOW_UNITS, "flow_units")
         if isinstance(integration_steps, bool) or not isinstance(integration_steps, int) or integration_steps < 0:
             raise ConfigError(f"integration_steps must be a non-negative integer, got {integration_steps!r}")
-        self.integrate = ScalingSquaring(integration_steps) if integration_steps else None
+        self.integrate = ScalingSquaring(integration_steps, padding=padding) if integration_steps else None
 
     def forward(self, flow):
         if self.flow_units == "pixels":

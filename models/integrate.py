@@ -7,8 +7,9 @@ it with itself ``steps`` times, ``u <- u + u o (id + u)``. Each composition is a
 field by itself with :func:`models.warp.warp`, so the velocity and the result share the project's
 convention: (B, d, *spatial), normalised coordinates (``align_corners=True``), channel i along
 spatial axis i. What a sample that falls outside the image reads is ``padding``: zero
-displacement as in VoxelMorph and Fourier-Net (``"zeros"``, the default, kept for those
-baselines), or the displacement at the nearest border point (``"border"``, FNOReg's choice).
+displacement as in VoxelMorph's ``VecInt`` (``"zeros"``, the default, kept for that baseline), or
+the displacement at the nearest border point (``"border"``: FNOReg's choice, and what
+Fourier-Net-Diff's public code does).
 With zeros, a point that one squaring step carries outside the image stops moving while its
 neighbour inside keeps its displacement; the composed map is discontinuous there and folds along
 the image border (measured: 102 of 104 folded voxels of the 3D demo at 80x96x112 were on the

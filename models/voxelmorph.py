@@ -4,12 +4,21 @@ Two U-Nets that predict a dense displacement from ``[moving, fixed]``, rebuilt f
 and the structure of the public code (voxelmorph's PyTorch ``Unet``/``VxmDense``, TransMorph's
 VoxelMorph baselines, the FNOReg authors' ``DeepUNet``):
 
-``architecture="unet"`` (VoxelMorph-1, VoxelMorph-2, VoxelMorph-Huge)
-    Encoder: one 3x3 convolution + LeakyReLU(0.2) per level, then 2x max pooling
-    (``enc_features`` lists the widths). Decoder: one 3x3 convolution per level, nearest 2x
-    up-sampling, concatenation with the encoder feature of that resolution; the widths after the
-    first ``len(enc_features)`` entries of ``dec_features`` are extra full-resolution
-    convolutions. Head: 3x3 convolution to d channels, weights N(0, 1e-5^2), zero bias.
+``architecture="strided"`` (VoxelMorph-1, VoxelMorph-2, VoxelMorph-Huge: the presets)
+    The U-Net of voxelmorph's PyTorch code as TransMorph's baselines ran it, which the FNOReg
+    authors trained their VoxelMorph rows with. Encoder: one stride-2 3x3 convolution +
+    LeakyReLU(0.2) per level (``enc_features``). Decoder: per level a 3x3 convolution, nearest 2x
+    up-sampling and concatenation with the encoder output of that resolution, the last one with
+    the 2-channel input itself; the widths after the first ``len(enc_features)`` entries of
+    ``dec_features`` are extra full-resolution convolutions. Head: 3x3 convolution to d
+    channels, weights N(0, 1e-5^2), zero bias. Its 3D counts are the TransMorph paper's:
+    274,387 (VoxelMorph-1, whose TransMorph features are (8, 32, 32, 32) / (32, 32, 32, 32, 32, 8,
+    8) rather than the VoxelMorph paper's 16 first encoder channels), 301,411 and 63,252,939.
+``architecture="unet"``
+    voxelmorph's current PyTorch ``Unet``: a stride-1 3x3 convolution + LeakyReLU(0.2) per
+    level, then 2x max pooling; decoder as above, but each level concatenates the convolution
+    output before its pooling (the full-resolution one included) instead of the input. Head as
+    above. (This project's VoxelMorph presets before 2026-11-30.)
 ``architecture="residual"`` (VoxelMorph-Large)
     3x3 lifting to ``start_channels`` C; ``levels`` encoder blocks, each ``res_blocks`` bottleneck
     residual blocks (1x1 halving, two 3x3 conv-BN-ReLU, 1x1 back, plus the input) followed by a
@@ -21,7 +30,7 @@ VoxelMorph baselines, the FNOReg authors' ``DeepUNet``):
 Every side of the input must be a multiple of ``2**levels`` (16 for every preset): the model
 says so in one line (:meth:`check_input_shape`) instead of failing inside a concatenation.
 Output: normalised displacement; ``flow_units`` says what the last layer predicts (``"pixels"``
-as in voxelmorph's code for the ``unet`` presets, ``"normalised"`` as in the FNOReg authors'
+as in voxelmorph's code for ``strided`` and ``unet``, ``"normalised"`` as in the FNOReg authors'
 VoxelMorph-Large), see :mod:`models.heads`.
 """
 
@@ -34,7 +43,7 @@ from .heads import FlowOutput, check_choice, init_head, int_list, positive_int
 from .nd import batch_norm, check_dim, conv, conv_transpose, max_pool
 from .sizes import InputShapeMixin
 
-ARCHITECTURES = ("unet", "residual")
+ARCHITECTURES = ("strided", "unet", "residual")
 _UNET_KEYS = ("enc_features", "dec_features")
 _RESIDUAL_KEYS = ("start_channels", "levels", "res_blocks", "latent_blocks")
 _RESIDUAL_DEFAULTS = dict(start_channels=32, levels=4, res_blocks=2, latent_blocks=1)
@@ -43,8 +52,8 @@ _RESIDUAL_DEFAULTS = dict(start_channels=32, levels=4, res_blocks=2, latent_bloc
 class _ConvAct(nn.Sequential):
     """3x3 convolution + LeakyReLU(0.2): voxelmorph's ConvBlock."""
 
-    def __init__(self, dim, c_in, c_out):
-        super().__init__(conv(dim, c_in, c_out, 3), nn.LeakyReLU(0.2))
+    def __init__(self, dim, c_in, c_out, stride=1):
+        super().__init__(conv(dim, c_in, c_out, 3, stride=stride), nn.LeakyReLU(0.2))
 
 
 class _ConvBNReLU(nn.Sequential):
@@ -67,15 +76,52 @@ class _ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
-class _UNet(nn.Module):
-    """voxelmorph's U-Net: returns the last full-resolution feature map."""
+def _check_levels(enc_features, dec_features):
+    if len(dec_features) < len(enc_features):
+        raise ConfigError(f"dec_features needs at least one entry per encoder level ({len(enc_features)}), "
+                          f"got {len(dec_features)}")
+
+
+class _StridedUNet(nn.Module):
+    """voxelmorph's U-Net with stride-2 encoder convolutions: returns the last full-resolution feature map."""
 
     def __init__(self, dim, in_channels, enc_features, dec_features):
         super().__init__()
+        _check_levels(enc_features, dec_features)
         levels = len(enc_features)
-        if len(dec_features) < levels:
-            raise ConfigError(f"dec_features needs at least one entry per encoder level ({levels}), "
-                              f"got {len(dec_features)}")
+        self.encoder = nn.ModuleList()
+        prev = in_channels
+        for nf in enc_features:
+            self.encoder.append(_ConvAct(dim, prev, nf, stride=2))
+            prev = nf
+        # Each level's output is concatenated with the encoder output one level up (the input last).
+        skips = [in_channels, *enc_features[:-1]][::-1]
+        self.decoder = nn.ModuleList()
+        for nf, skip in zip(dec_features[:levels], skips):
+            self.decoder.append(_ConvAct(dim, prev, nf))
+            prev = nf + skip
+        self.remaining = nn.Sequential(*[_ConvAct(dim, c_in, c_out) for c_in, c_out in
+                                         zip([prev, *dec_features[levels:]], dec_features[levels:])])
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.out_channels = dec_features[-1] if len(dec_features) > levels else prev
+
+    def forward(self, x):
+        skips = [x]
+        for layer in self.encoder:
+            skips.append(layer(skips[-1]))
+        x = skips.pop()
+        for layer in self.decoder:
+            x = torch.cat([self.up(layer(x)), skips.pop()], dim=1)
+        return self.remaining(x)
+
+
+class _UNet(nn.Module):
+    """voxelmorph's current U-Net (max pooling): returns the last full-resolution feature map."""
+
+    def __init__(self, dim, in_channels, enc_features, dec_features):
+        super().__init__()
+        _check_levels(enc_features, dec_features)
+        levels = len(enc_features)
         self.encoder = nn.ModuleList()
         prev = in_channels
         for nf in enc_features:
@@ -146,20 +192,21 @@ class VoxelMorph(InputShapeMixin, nn.Module):
     ----------
     dim : int
         2 or 3 spatial dimensions.
-    architecture : {"unet", "residual"}
-        voxelmorph's U-Net, or the residual U-Net of the FNOReg paper's VoxelMorph-Large.
+    architecture : {"strided", "unet", "residual"}
+        voxelmorph's U-Net as the published comparisons ran it (stride-2 encoder), voxelmorph's
+        current U-Net (max pooling), or the residual U-Net of the FNOReg paper's VoxelMorph-Large.
     enc_features, dec_features : list of int
-        ``unet`` only: encoder widths (one per level) and decoder widths (one per level, then any
-        extra full-resolution convolutions), e.g. [16, 32, 32, 32] and [32, 32, 32, 32, 32, 16, 16]
-        (VoxelMorph-2).
+        ``strided`` and ``unet``: encoder widths (one per level) and decoder widths (one per
+        level, then any extra full-resolution convolutions), e.g. [16, 32, 32, 32] and
+        [32, 32, 32, 32, 32, 16, 16] (VoxelMorph-2).
     start_channels, levels, res_blocks, latent_blocks : int
         ``residual`` only (defaults 32, 4, 2, 1: VoxelMorph-Large).
     flow_units : {"pixels", "normalised"}
         What the last layer predicts; the returned field is always normalised (see
-        :mod:`models.heads`). Default: "pixels" for ``unet``, "normalised" for ``residual``, as in
-        the code each was published with.
+        :mod:`models.heads`). Default: "pixels" for ``strided`` and ``unet``, "normalised" for
+        ``residual``, as in the code each was published with.
     head_init : {"normal", "zeros", "default"}
-        Last layer's initialisation. Default: "normal" (N(0, 1e-5^2), voxelmorph's) for ``unet``,
+        Last layer's initialisation. Default: "normal" (N(0, 1e-5^2), voxelmorph's) for the U-Nets,
         whose pixel-unit output then starts within about 1e-4 pixels of the identity; "zeros" for
         ``residual``, whose normalised output would otherwise start about 0.02 pixels off at
         160x192 (its released code used PyTorch's default, a random warp).
@@ -172,7 +219,7 @@ class VoxelMorph(InputShapeMixin, nn.Module):
 
     label = "voxelmorph"
 
-    def __init__(self, dim, architecture="unet", enc_features=None, dec_features=None, start_channels=None,
+    def __init__(self, dim, architecture="strided", enc_features=None, dec_features=None, start_channels=None,
                  levels=None, res_blocks=None, latent_blocks=None, flow_units=None, head_init=None,
                  integration_steps=0, in_channels=2):
         super().__init__()
@@ -180,16 +227,17 @@ class VoxelMorph(InputShapeMixin, nn.Module):
         self.architecture = check_choice(architecture, ARCHITECTURES, "architecture")
         given = dict(enc_features=enc_features, dec_features=dec_features, start_channels=start_channels,
                      levels=levels, res_blocks=res_blocks, latent_blocks=latent_blocks)
-        foreign = _RESIDUAL_KEYS if architecture == "unet" else _UNET_KEYS
+        unet = architecture != "residual"
+        foreign = _RESIDUAL_KEYS if unet else _UNET_KEYS
         for key in foreign:
             if given[key] is not None:
-                raise ConfigError(f"{key} applies to the other VoxelMorph architecture, not {architecture!r}")
-        if architecture == "unet":
+                raise ConfigError(f"{key} applies to another VoxelMorph architecture, not {architecture!r}")
+        if unet:
             if enc_features is None or dec_features is None:
-                raise ConfigError("the unet architecture needs enc_features and dec_features (or a preset)")
+                raise ConfigError(f"the {architecture} architecture needs enc_features and dec_features (or a preset)")
             enc = int_list(enc_features, "enc_features")
             dec = int_list(dec_features, "dec_features")
-            self.backbone = _UNet(dim, in_channels, enc, dec)
+            self.backbone = (_StridedUNet if architecture == "strided" else _UNet)(dim, in_channels, enc, dec)
             self.levels = len(enc)
             head = conv(dim, self.backbone.out_channels, dim, 3)
         else:
@@ -204,11 +252,11 @@ class VoxelMorph(InputShapeMixin, nn.Module):
             self.levels = args["levels"]
             head = conv(dim, self.backbone.out_channels, dim, 1)
         if head_init is None:
-            head_init = "normal" if architecture == "unet" else "zeros"
+            head_init = "normal" if unet else "zeros"
         init_head(head, head_init)
         self.head = head
         if flow_units is None:
-            flow_units = "pixels" if architecture == "unet" else "normalised"
+            flow_units = "pixels" if unet else "normalised"
         self.output = FlowOutput(flow_units, integration_steps)
 
     def input_multiple(self):

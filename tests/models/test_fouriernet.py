@@ -101,3 +101,4 @@ def test_diffeomorphic_variant_adds_no_parameters(preset, dim):
     model = build_model("fouriernet", {"preset": preset}, dim)
     diff = build_model("fouriernet", {"preset": preset, "diffeomorphic": True}, dim)
     assert count_parameters(diff) == count_parameters(model)  # integration adds no parameters
+

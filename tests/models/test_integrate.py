@@ -141,9 +141,13 @@ def test_padding_is_validated():
         ScalingSquaring(7, padding="reflect")
 
 
-def test_fnoreg_integrates_with_border_padding_and_fourier_net_diff_as_published():
-    from models import FNOReg, FourierNet
+def test_each_model_integrates_with_the_padding_of_its_public_code():
+    from models import FNOReg, FourierNet, VoxelMorph
     fnoreg = FNOReg(dim=2, hidden_channels=4, projection_channels=4, n_layers=1, n_modes=[4, 4], diffeomorphic=True)
     assert fnoreg.integrate.padding == "border"
+    # Fourier-Net-Diff's DiffeomorphicTransform samples with padding_mode="border" (xi-jia/Fourier-Net).
     fourier_net = FourierNet(dim=2, start_channels=4, diffeomorphic=True)
-    assert fourier_net.output.integrate.padding == "zeros"
+    assert fourier_net.output.integrate.padding == "border"
+    # VoxelMorph's VecInt warps with grid_sample's default, zeros.
+    vxm = VoxelMorph(dim=2, enc_features=[4, 4, 4, 4], dec_features=[4, 4, 4, 4], integration_steps=7)
+    assert vxm.output.integrate.padding == "zeros"

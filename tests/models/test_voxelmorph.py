@@ -11,7 +11,8 @@ from utils.errors import ConfigError
 
 # Tiny widths so that 3D runs in milliseconds; the architecture code paths are the presets'.
 TINY = {
-    "unet": dict(enc_features=[4, 8, 8, 8], dec_features=[8, 8, 8, 8, 4, 4]),
+    "strided": dict(architecture="strided", enc_features=[4, 8, 8, 8], dec_features=[8, 8, 8, 8, 4, 4]),
+    "unet": dict(architecture="unet", enc_features=[4, 8, 8, 8], dec_features=[8, 8, 8, 8, 4, 4]),
     "residual": dict(architecture="residual", start_channels=4, levels=4, res_blocks=1, latent_blocks=0),
 }
 # Even sizes, a non-square one, and one below the usual training size: all multiples of 16.
@@ -19,7 +20,7 @@ SHAPES = {2: [(32, 48), (16, 16), (48, 64)], 3: [(16, 16, 32), (32, 16, 16)]}
 
 
 @pytest.mark.parametrize("dim", [2, 3])
-@pytest.mark.parametrize("arch", ["unet", "residual"])
+@pytest.mark.parametrize("arch", list(TINY))
 def test_shape_and_finite(dim, arch):
     torch.manual_seed(0)
     model = VoxelMorph(dim, head_init="default", **TINY[arch]).eval()
@@ -40,7 +41,7 @@ def test_presets_start_at_the_identity_2d(preset):
     assert to_pixel_units(flow).abs().max() < 1e-3
 
 
-@pytest.mark.parametrize("arch", ["unet", "residual"])
+@pytest.mark.parametrize("arch", list(TINY))
 def test_identity_at_init_3d(arch):
     torch.manual_seed(0)
     model = VoxelMorph(3, **TINY[arch])
@@ -73,7 +74,7 @@ def test_size_error_suggests_sizes_that_work():
 
 
 @pytest.mark.parametrize("dim", [2, 3])
-@pytest.mark.parametrize("arch", ["unet", "residual"])
+@pytest.mark.parametrize("arch", list(TINY))
 def test_one_training_step_lowers_the_loss(dim, arch, phantom_pair, one_step):
     torch.manual_seed(0)
     shape = (32, 48) if dim == 2 else (16, 16, 32)
@@ -121,3 +122,17 @@ def test_large_matches_the_published_size():
     # FNOReg paper: VoxelMorph-Large has about 5.82 M (2D) and 15.16 M (3D) parameters.
     assert round(count_parameters(build_model("voxelmorph", {"preset": "large"}, 2)) / 1e6, 2) == 5.82
     assert round(count_parameters(build_model("voxelmorph", {"preset": "large"}, 3)) / 1e6, 2) == 15.16
+
+
+@pytest.mark.parametrize("preset, published", [("vxm1", 274_387), ("vxm2", 301_411), ("huge", 63_252_939)])
+def test_unet_presets_match_the_transmorph_papers_counts(preset, published):
+    # The 3D counts the TransMorph paper reports for the VoxelMorph baselines of its code (and of the
+    # FNOReg authors' runs), exactly: the same layers, widths and biases.
+    assert count_parameters(build_model("voxelmorph", {"preset": preset}, 3)) == published
+
+
+def test_strided_unet_concatenates_the_input_at_full_resolution():
+    model = build_model("voxelmorph", TINY["strided"], 2)
+    first_full_res = model.backbone.remaining[0][0]
+    assert first_full_res.in_channels == 8 + 2  # last decoder width + the [moving, fixed] input
+    assert all(layer[0].stride == (2, 2) for layer in model.backbone.encoder)
