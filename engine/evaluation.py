@@ -242,9 +242,12 @@ def evaluate_at(model, split, size, shape, out_dir, context, batch_size, n_panel
     # HD95 in full-resolution voxels: one label-grid step spans (N_full - 1) / (N_label - 1) of them.
     spacing = [(f - 1) / (e - 1) if e > 1 else 1.0 for f, e in zip(full, label_shape)]
 
+    # With refinement every panel and the box plot show the refined field: say so in their titles.
+    refined = f" (refined, {context['refine_steps']} steps)" if refine is not None else ""
+
     def draw(index, pair):
         fig = registration_panel(pair["fixed"], pair["moving"], pair["warped"], to_pixel_units(pair["flow"])[0],
-                                 pair["jacobian"], title=_panel_title(split, index, pair["scores"]))
+                                 pair["jacobian"], title=_panel_title(split, index, pair["scores"]) + refined)
         save_figure(fig, out_dir / f"panel_pair{index}.png")
 
     metrics = register_split(model, data, split.label_ids, batch_size, spacing, panel_pairs(len(data), n_panels),
@@ -252,7 +255,7 @@ def evaluate_at(model, split, size, shape, out_dir, context, batch_size, n_panel
     del data  # free the resized split (device memory) before the next size
     if metrics.labelled.any():
         title = (f"{context['split']} split, {int(metrics.labelled.sum())} pairs, {context['checkpoint']} at "
-                 f"{'x'.join(map(str, shape))}")
+                 f"{'x'.join(map(str, shape))}{refined}")
         save_figure(dice_boxplot(metrics.dice_before[metrics.labelled], metrics.dice_after[metrics.labelled],
                                  split.label_ids, split.label_names, title=title), out_dir / "dice_boxplot.png")
     write_per_pair_csv(out_dir / "per_pair.csv", metrics, split)

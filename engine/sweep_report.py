@@ -152,6 +152,8 @@ def draw_sweep(ax, sweep, rows, best, title=None):
         done = [r for r in members if _finite(r["dice_mean"])]
         if not done:
             continue
+        # Lines join the points along the axis, whatever order --values listed them in.
+        done.sort(key=lambda r: xmap[json.dumps(r["params"][param])])
         x = [xmap[json.dumps(r["params"][param])] for r in done]
         name = ", ".join(f"{label(p)} = {json.loads(k)}" for p, k in zip(others, key))
         ax.errorbar(x, [r["dice_mean"] for r in done], yerr=[r["dice_std"] or 0 for r in done], color=DICE_COLOR,

@@ -241,7 +241,7 @@ class TrainingLoop:
                     continue
                 h.setdefault("val_loss" if name == "loss" else f"val_{name}", []).append(value)
             w.add_scalar("Loss/val", val["loss"], epoch)
-            for name in ("similarity", "smoothness", "dice_loss"):
+            for name in ("similarity", "smoothness", "dice_loss", "folding_penalty"):
                 if name in val:
                     w.add_scalar(f"Loss/val_{name}", val[name], epoch)
             if "dice" in val:

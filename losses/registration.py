@@ -60,7 +60,7 @@ class RegistrationLoss:
             sim = SIMILARITIES[self.similarity](fixed, warped)
         terms = {"similarity": sim, "smoothness": smoothness(flow)}
         if self.jac_param > 0:
-            terms["folding"] = folding_penalty(flow)
+            terms["folding_penalty"] = folding_penalty(flow)
         if self.uses_labels:
             if fixed_onehot is None or warped_onehot is None:
                 raise ConfigError("seg_param > 0 needs label maps for every training subject; set seg_param to 0")
@@ -73,7 +73,7 @@ class RegistrationLoss:
         Also what a validation reports from each term averaged over the pairs it applies to
         (the Dice term over the pairs with label maps only).
         """
-        weights = {"smoothness": self.reg_param, "folding": self.jac_param, "dice_loss": self.seg_param}
+        weights = {"smoothness": self.reg_param, "folding_penalty": self.jac_param, "dice_loss": self.seg_param}
         total = terms["similarity"]
         for name, weight in weights.items():
             if name in terms and weight > 0:

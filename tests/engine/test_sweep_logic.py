@@ -8,7 +8,7 @@ from engine import sweep as sweep_mod
 from engine.sweep import schedule, sweep_main
 from engine.sweep_grid import list_sweeps, sweep_dir
 from engine.sweep_points import write_record
-from engine.sweep_report import choose_best, result_rows, save_coordinate_plot
+from engine.sweep_report import choose_best, draw_sweep, result_rows, save_coordinate_plot
 from utils.fileio import write_json
 
 MODEL = {2: {"hidden_channels": 4, "projection_channels": 8, "n_layers": 1, "n_modes": [8, 8]},
@@ -178,6 +178,26 @@ def test_coordinate_plot_has_one_panel_per_stage(tmp_path):
     path = save_coordinate_plot(tmp_path / "c.png", [(sweep, rows, choose_best(rows)), (sweep, rows, None)])
     height, width = matplotlib.image.imread(path).shape[:2]
     assert width > 1.8 * height  # two panels side by side
+
+
+def test_sweep_lines_join_the_points_in_axis_order():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(1, (0.70, 3.0)), (0.001, (0.72, 0.1)), (0.1, (0.75, 0.6))]  # --values 1 0.001 0.1
+    sweep = {"dim": 3, "sweep": 1, "params": ["seg_param"]}
+    fig, ax = plt.subplots()
+    draw_sweep(ax, sweep, rows_of(*points), None)
+    lines = [line for a in fig.axes for line in a.get_lines() if len(line.get_xdata()) == 3]
+    dice = [line for line in lines if sorted(line.get_ydata()) == [0.70, 0.72, 0.75]]
+    folding = [line for line in lines if sorted(line.get_ydata()) == [0.1, 0.6, 3.0]]
+    assert dice and folding
+    for line in dice + folding:
+        assert list(line.get_xdata()) == [0.001, 0.1, 1]
+    assert list(dice[0].get_ydata()) == [0.72, 0.75, 0.70]
+    plt.close(fig)
 
 
 def test_the_same_grid_finds_its_sweep_and_another_grid_or_edited_config_does_not(tmp_path, monkeypatch, capsys):

@@ -45,7 +45,9 @@ def test_jac_param_logs_the_folding_term(tmp_path, exp_root):
     config = write_config(tmp_path, train_config={"jac_param": 0.5, "epochs": 2})
     assert train("--config_file", config) == 0
     history = json.loads((exp_root / "2d" / "exp1" / "history.json").read_text())
-    assert "train_folding" in history and all(v >= 0 for v in history["train_folding"])
+    assert "train_folding_penalty" in history and all(v >= 0 for v in history["train_folding_penalty"])
+    # The validation's folding is the % of folded pixels; its penalty term has its own key.
+    assert len(history["val_folding_penalty"]) == len(history["val_folding"])
 
 
 @pytest.mark.parametrize("value", [-1, "a"])

@@ -154,7 +154,7 @@ def test_folding_penalty_has_gradients_and_enters_the_loss():
     x = torch.rand(1, 1, 16, 20)
     total0, terms0 = RegistrationLoss(jac_param=0.0)(x, x, flow.detach())
     total1, terms1 = RegistrationLoss(jac_param=0.5)(x, x, flow.detach())
-    assert "folding" not in terms0 and terms1["folding"].item() == pytest.approx(1.0, abs=1e-4)
+    assert "folding_penalty" not in terms0 and terms1["folding_penalty"].item() == pytest.approx(1.0, abs=1e-4)
     assert (total1 - total0).item() == pytest.approx(0.5, abs=1e-4)
     with pytest.raises(ConfigError, match="jac_param"):
         RegistrationLoss(jac_param=-1)
