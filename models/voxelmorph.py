@@ -82,69 +82,47 @@ def _check_levels(enc_features, dec_features):
                           f"got {len(dec_features)}")
 
 
-class _StridedUNet(nn.Module):
-    """voxelmorph's U-Net with stride-2 encoder convolutions: returns the last full-resolution feature map."""
+class _UNet(nn.Module):
+    """voxelmorph's U-Net, either version: returns the last full-resolution feature map.
 
-    def __init__(self, dim, in_channels, enc_features, dec_features):
+    ``strided``: stride-2 encoder convolutions, each decoder level concatenated with the encoder
+    output one level up (the input itself last). Otherwise stride-1 convolutions each followed by
+    max pooling, each decoder level concatenated with the pre-pooling output of its level.
+    """
+
+    def __init__(self, dim, in_channels, enc_features, dec_features, strided):
         super().__init__()
         _check_levels(enc_features, dec_features)
         levels = len(enc_features)
+        self.strided = strided
         self.encoder = nn.ModuleList()
         prev = in_channels
         for nf in enc_features:
-            self.encoder.append(_ConvAct(dim, prev, nf, stride=2))
+            self.encoder.append(_ConvAct(dim, prev, nf, stride=2 if strided else 1))
             prev = nf
-        # Each level's output is concatenated with the encoder output one level up (the input last).
-        skips = [in_channels, *enc_features[:-1]][::-1]
+        skips = ([in_channels, *enc_features[:-1]] if strided else list(enc_features))[::-1]  # deepest first
         self.decoder = nn.ModuleList()
         for nf, skip in zip(dec_features[:levels], skips):
             self.decoder.append(_ConvAct(dim, prev, nf))
             prev = nf + skip
-        self.remaining = nn.Sequential(*[_ConvAct(dim, c_in, c_out) for c_in, c_out in
-                                         zip([prev, *dec_features[levels:]], dec_features[levels:])])
-        self.up = nn.Upsample(scale_factor=2, mode="nearest")
-        self.out_channels = dec_features[-1] if len(dec_features) > levels else prev
-
-    def forward(self, x):
-        skips = [x]
-        for layer in self.encoder:
-            skips.append(layer(skips[-1]))
-        x = skips.pop()
-        for layer in self.decoder:
-            x = torch.cat([self.up(layer(x)), skips.pop()], dim=1)
-        return self.remaining(x)
-
-
-class _UNet(nn.Module):
-    """voxelmorph's current U-Net (max pooling): returns the last full-resolution feature map."""
-
-    def __init__(self, dim, in_channels, enc_features, dec_features):
-        super().__init__()
-        _check_levels(enc_features, dec_features)
-        levels = len(enc_features)
-        self.encoder = nn.ModuleList()
-        prev = in_channels
-        for nf in enc_features:
-            self.encoder.append(_ConvAct(dim, prev, nf))
-            prev = nf
-        self.decoder = nn.ModuleList()
-        for level, nf in enumerate(dec_features[:levels]):
-            self.decoder.append(_ConvAct(dim, prev, nf))
-            prev = nf + enc_features[levels - 1 - level]
         self.remaining = nn.Sequential()
         for nf in dec_features[levels:]:
             self.remaining.append(_ConvAct(dim, prev, nf))
             prev = nf
-        self.pool = max_pool(dim, 2)
+        self.pool = None if strided else max_pool(dim, 2)
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
         self.out_channels = prev
 
     def forward(self, x):
         skips = []
         for layer in self.encoder:
-            x = layer(x)
-            skips.append(x)
-            x = self.pool(x)
+            if self.strided:
+                skips.append(x)
+                x = layer(x)
+            else:
+                x = layer(x)
+                skips.append(x)
+                x = self.pool(x)
         for layer in self.decoder:
             x = torch.cat([self.up(layer(x)), skips.pop()], dim=1)
         return self.remaining(x)
@@ -237,7 +215,7 @@ class VoxelMorph(InputShapeMixin, nn.Module):
                 raise ConfigError(f"the {architecture} architecture needs enc_features and dec_features (or a preset)")
             enc = int_list(enc_features, "enc_features")
             dec = int_list(dec_features, "dec_features")
-            self.backbone = (_StridedUNet if architecture == "strided" else _UNet)(dim, in_channels, enc, dec)
+            self.backbone = _UNet(dim, in_channels, enc, dec, strided=architecture == "strided")
             self.levels = len(enc)
             head = conv(dim, self.backbone.out_channels, dim, 3)
         else:
