@@ -421,6 +421,11 @@ def evaluate_main(dim, argv=None):
     else:
         print("Dice and HD95 scored on label maps subsampled to each evaluation grid (--score_on eval, as "
               "published); folding and SDlogJ on the evaluation grid")
+    one_sided = {x["eval_size"]: x["hd95_one_sided_labels"] for x in summaries if x.get("hd95_one_sided_labels")}
+    if one_sided:
+        print("note: HD95 gave the grid's diagonal to labels present in one map only (erased or created by the "
+              "registration, or lost to subsampling with --score_on eval): " +
+              ", ".join(f"{n} at size {size}" for size, n in one_sided.items()))
     if s.get("training_subjects_in_split"):
         print(f"warning: {s['training_subjects_in_split']} subject(s) of the {s['split']} split were trained on; "
               "these scores are not held out")

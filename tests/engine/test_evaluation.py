@@ -301,9 +301,17 @@ def test_native_scoring_compares_the_same_labels_at_every_size(tmp_path, monkeyp
     # Folding and SDlogJ stay on the evaluation grid.
     assert native8["eval_shape"] == [8, 10]
 
+    # A structure in one subject's map only (the identity moves none): the same count at every size.
+    assert native8["hd95_one_sided_labels"] == native32["hd95_one_sided_labels"] > 0
+    assert f"{native8['hd95_one_sided_labels']} at size 8" in out
+
     assert evaluate(2, "--exp_num", str(exp_num), "--size", "8", "--n_panels", "0", "--score_on", "eval") == 0
-    assert "eval 8x10" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "eval 8x10" in out
     sub = json.loads((folder / "eval" / "final_8_evalgrid" / "summary.json").read_text())
+    # Small structures also vanish from some 8x10 maps: more labels get the diagonal, and the table says so.
+    assert sub["hd95_one_sided_labels"] > native8["hd95_one_sided_labels"]
+    assert f"{sub['hd95_one_sided_labels']} at size 8" in out
     assert sub["score_on"] == "eval" and sub["label_shape"] == [8, 10]
     assert sub["initial_dice_mean"] != native8["initial_dice_mean"]  # subsampled maps: another label set
     # The native folder was not replaced by the published-way evaluation.
