@@ -112,10 +112,13 @@ class TrainingLoop:
         sums = sums if sums is not None else {}
         device_sums = {k: torch.tensor(v, device=self.device, dtype=torch.float64) for k, v in sums.items()}
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)  # 1-based step, kept on the device
         step = first_step
         try:
             for step in range(first_step, len(order)):
                 if any_rank(self.stop.signum is not None, self.dist):
+                    # An interruption must not save weights a recent, not yet checked, step broke.
+                    self._check_finite(bad, first_bad, epoch)
                     return step, self._host(device_sums), True
                 batch = multires_batch(self.train.batch(order[step][rank::world]), tc["multires"], tc["seed"], epoch,
                                        step, self.config["data_config"]["antialias"])
@@ -127,20 +130,28 @@ class TrainingLoop:
                 self.optimizer.step()
                 for name, value in [("loss", total), *terms.items(), ("steps", torch.ones(()))]:
                     device_sums[name] = device_sums.get(name, 0.0) + value.detach().double()
-                bad |= ~torch.isfinite(total.detach())
+                nonfinite = ~torch.isfinite(total.detach())
+                first_bad = torch.where(nonfinite & (first_bad < 0), step + 1, first_bad)
+                bad |= nonfinite
                 # Read back to the host only every few steps: a GPU keeps running ahead meanwhile.
                 if step % 10 == 0 or step == len(order) - 1:
-                    # Decided on all ranks together: a rank that stopped alone would leave the
-                    # others waiting in the next collective.
-                    if any_rank(bool(bad), self.dist):
-                        raise TrainingDiverged(f"non-finite training loss at epoch {epoch}, step {step + 1}"
-                                               + ("" if bool(bad) or not self.dist.enabled else " on another rank"))
+                    self._check_finite(bad, first_bad, epoch)
                     n = device_sums["steps"].item()
                     bar.set_postfix(loss=f"{device_sums['loss'].item() / n:.4g}")
                 bar.update(1)
         finally:
             bar.close()
         return len(order), self._host(device_sums), False
+
+    def _check_finite(self, bad, first_bad, epoch):
+        """Raise :class:`TrainingDiverged` if any rank's loss was non-finite since the epoch began.
+
+        Decided on all ranks together: a rank that stopped alone would leave the others waiting in
+        the next collective. The message names the first bad step of this rank.
+        """
+        if any_rank(bool(bad), self.dist):
+            where = f"step {int(first_bad)}" if bool(bad) else "a step on another rank"
+            raise TrainingDiverged(f"non-finite training loss at epoch {epoch}, {where}")
 
     def _host(self, device_sums):
         """The epoch's sums on the host, averaged over ranks under DDP.

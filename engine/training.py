@@ -67,6 +67,13 @@ class Trainer(TrainingLoop):
 
         # Validate the data before any folder is created, so a bad path leaves nothing behind.
         splits = load_splits(self.config["data_config"], dim, ("train", "val"))
+        # A split with fewer pairs than batch_size trains in batches of all its pairs (epoch_order):
+        # each process must still get an equal share, or DDP would weight some pairs more.
+        batch = min(tc["batch_size"], len(splits["train"].pairs))
+        if batch % self.dist.world_size:
+            raise ConfigError(f"the training split has {len(splits['train'].pairs)} pairs, so batches of {batch}, "
+                              f"which {self.dist.world_size} processes cannot share equally; add training subjects "
+                              "or change the number of processes")
         full_shape = tuple(splits["train"].images.shape[2:])
         size = tc["multires"]["max_size"] if tc["multires"] else tc["size"]  # multires: held at max_size
         self.train_shape = shape_for_size(size, full_shape) if size is not None else full_shape

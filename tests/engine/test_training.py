@@ -149,6 +149,41 @@ def test_an_interruptions_checkpoint_becomes_the_whole_epochs(tmp_path, exp_root
     assert (state["epoch"], state["step"]) == (3, 0) and list_checkpoint_epochs(folder) == [3, 4]
 
 
+def test_an_interruption_after_a_non_finite_step_saves_no_checkpoint(tmp_path, exp_root, monkeypatch, capsys):
+    from losses import registration
+
+    original, calls = registration.RegistrationLoss.__call__, {"n": 0}
+
+    def loss(self, *args, **kwargs):
+        total, terms = original(self, *args, **kwargs)
+        calls["n"] += 1
+        return (total * float("nan") if calls["n"] == 2 else total), terms  # step 2 diverges
+
+    monkeypatch.setattr(registration.RegistrationLoss, "__call__", loss)
+    cfg = write_config(tmp_path, train_config={"steps_per_epoch": 6})
+    # Ctrl-C while step 3 fetches its batch: the loop stops before its next finiteness check.
+    assert interrupted_run(cfg, 3, monkeypatch) == 1
+    assert "non-finite training loss at epoch 1, step 2" in capsys.readouterr().err
+    assert list_checkpoint_epochs(exp_root / "2d" / "exp1") == []  # no checkpoint of broken weights
+
+
+def test_processes_must_share_a_batch_capped_by_a_small_split(tmp_path, exp_root, monkeypatch, capsys):
+    import engine.training as training
+    from utils.distributed import DistInfo
+
+    # Two processes (the group itself is not needed: the check comes first) and 3 training pairs.
+    monkeypatch.setattr(training, "init_distributed", lambda use_cuda: DistInfo(0, 2, 0))
+    cfg = write_config(tmp_path, train_config={"batch_size": 4})
+    raw = json.loads(Path(cfg).read_text())
+    raw["data_config"].update(splits={"train": [0, 3], "val": [5, 7], "test": None}, train_pairs="consecutive_one_way")
+    Path(cfg).write_text(json.dumps(raw))
+    with pytest.raises(SystemExit) as exc:
+        train("--config_file", cfg)
+    assert exc.value.code == 2
+    assert "3 pairs, so batches of 3, which 2 processes cannot share equally" in capsys.readouterr().err
+    assert not exp_root.exists() or xp.list_experiments(2) == []
+
+
 def test_restart_keeps_previous_run(tmp_path, exp_root):
     assert train("--config_file", write_config(tmp_path)) == 0
     folder = exp_root / "2d" / "exp1"
@@ -472,7 +507,7 @@ def test_ddp_nan_on_one_rank_stops_every_rank_and_loss_is_over_all_ranks(tmp_pat
     proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(worker), "--config_file", cfg,
                            "--gpu_num", "-1"], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert "error: non-finite training loss at epoch 2, step 1 on another rank" in proc.stderr, proc.stderr[-3000:]
+    assert "error: non-finite training loss at epoch 2, a step on another rank" in proc.stderr, proc.stderr[-3000:]
     meta = json.loads((exp_root / "2d" / "exp1" / "metadata.json").read_text())
     assert meta["runs"][0]["status"] == "failed" and "non-finite" in meta["runs"][0]["message"]
     ddp = json.loads((exp_root / "2d" / "exp1" / "history.json").read_text())
