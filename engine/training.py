@@ -147,7 +147,12 @@ class Trainer(TrainingLoop):
         """Refuse a resume whose edited ``config.json`` would mix with the checkpoint's settings."""
         if self.resume_state.get("config") is None:
             return
-        trained = resolve_config(self.resume_state["config"], self.dim, source=f"checkpoint epoch {epoch}")
+        try:
+            trained = resolve_config(self.resume_state["config"], self.dim, source=f"checkpoint epoch {epoch}")
+        except ConfigError as err:  # written by a version with other config keys: nothing to compare
+            if self.dist.is_main:
+                print(f"notice: cannot compare {path} with checkpoint epoch {epoch}'s config ({err})", file=sys.stderr)
+            return
         blocking, allowed = resume_changes(self.config, trained)
         if blocking:
             key = blocking[0]
