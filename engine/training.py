@@ -101,6 +101,10 @@ class Trainer(TrainingLoop):
         self.start_epoch, self.start_step, self.partial_sums = 0, 0, None
         if self.resume_state is not None:
             self._load_state(self.resume_state)
+        if self.dist.rank > 0:
+            # Random layers (TransMorph's stochastic depth) need their own draws on every process;
+            # rank 0 keeps the seeded (or checkpointed) stream, so one process trains as before.
+            torch.manual_seed(rank_seed(tc["seed"], self.dist.rank, self.start_epoch, self.start_step))
         self.net = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -229,6 +233,16 @@ class Trainer(TrainingLoop):
             "train_size": list(self.train_shape),
             "config": self.config,
         }
+
+
+def rank_seed(seed, rank, epoch, step):
+    """Seed of process ``rank``'s random stream from a start at (``epoch``, ``step``) of run ``seed``.
+
+    Only the checkpointed stream of rank 0 survives a resume; the other processes restart theirs
+    from this, so a resumed multi-process run is reproducible, and its random layers' draws
+    differ from an uninterrupted run's on ranks above 0 only.
+    """
+    return (((seed * 1_000_003 + rank) * 1_000_033 + epoch) * 1_000_037 + step) % 2**63
 
 
 # Settings a resume may change: they steer what is still to come without touching what was done.
