@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from models.registry import build_model
+from models.registry import build_model, stored_model_config
 from utils.errors import UserError
 from utils.fileio import atomic_torch_save
 
@@ -106,6 +106,7 @@ def load_model(folder, ckpt_epoch=None, device="cpu"):
         payload, tag = load_checkpoint(folder, ckpt_epoch), f"epoch{ckpt_epoch}"
         path = checkpoint_path(folder, ckpt_epoch)
     model_state = payload["state_dict"] if "state_dict" in payload else payload["model"]
+    payload["model_config"] = stored_model_config(payload["model_name"], payload["model_config"])
     dim = payload["model_config"]["dim"]
     model = build_model(payload["model_name"], payload["model_config"], dim)
     model.load_state_dict(model_state)

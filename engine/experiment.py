@@ -36,7 +36,7 @@ _EXP = re.compile(r"^exp(\d+)$")
 # What a restart moves to previous_runs/run<k>/ (evaluations too: they scored the old weights).
 RUN_ARTEFACTS = ("checkpoints", "weights.pth", "plots", "history.json", "eval")
 # An evaluation folder's checkpoint: final_<size>... or epoch<E>_<size>... (engine.evaluation.output_folder).
-_EVAL_CHECKPOINT = re.compile(r"^(final|epoch(\d+))_")
+_EVAL_CHECKPOINT = re.compile(r"^(final|epoch(\d+))_\d+(_|$)")
 
 
 def experiments_root(dim):
@@ -208,13 +208,15 @@ def archive_previous_run(folder):
     return _archive(folder, [folder / name for name in RUN_ARTEFACTS if (folder / name).exists()])
 
 
-def archive_after(folder, epoch):
+def archive_after(folder, epoch, partial=False):
     """Move what a run wrote after ``epoch`` into ``previous_runs/run<k>/`` before a resume from it.
 
     A resume from an earlier checkpoint trains the later epochs again and would overwrite their
     checkpoints, the final weights and (under the same folder names) their evaluations: those
-    are kept, at the same relative paths, as a restart keeps a whole run. Returns the archive
-    folder, or None when nothing came after ``epoch``.
+    are kept, at the same relative paths, as a restart keeps a whole run. With ``partial`` (the
+    resumed checkpoint is an interruption's, which the run replaces by the whole epoch's) the
+    evaluations of ``epoch`` itself go too. Returns the archive folder, or None when nothing
+    came after ``epoch``.
     """
     folder = Path(folder)
     paths = [checkpoint_path(folder, e) for e in list_checkpoint_epochs(folder) if e > epoch]
@@ -222,7 +224,8 @@ def archive_after(folder, epoch):
     if (folder / "eval").is_dir():
         for sub in sorted((folder / "eval").iterdir()):
             m = _EVAL_CHECKPOINT.match(sub.name)
-            if m and (m.group(1) == "final" or int(m.group(2)) > epoch):
+            if sub.is_dir() and m and (m.group(1) == "final" or int(m.group(2)) > epoch
+                                       or (partial and int(m.group(2)) == epoch)):
                 paths.append(sub)
     return _archive(folder, paths)
 

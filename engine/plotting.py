@@ -259,7 +259,9 @@ def plot_history(history, out_dir, initial_dice=None):
     fig.savefig(out_dir / "dice.png", dpi=110)
     plt.close(fig)
 
-    terms = [k[len("train_"):] for k in history if k.startswith("train_") and k != "train_loss"]
+    # Terms logged every epoch (a key renamed between versions would not line up with the epochs).
+    terms = [k[len("train_"):] for k in history if k.startswith("train_") and k != "train_loss"
+             and len(history[k]) == len(history.get("epoch", []))]
     n = 1 + len(terms)
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4), squeeze=False)
     ax = axes[0, 0]

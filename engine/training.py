@@ -32,6 +32,7 @@ from engine.train_config import build_optimizer, build_scheduler
 from engine.train_loop import TrainingLoop
 from losses import RegistrationLoss
 from models import build_model, count_parameters
+from models.registry import stored_model_config
 from utils.device import select_device
 from utils.distributed import broadcast_object, init_distributed
 from utils.errors import ConfigError, UserError
@@ -128,7 +129,7 @@ class Trainer(TrainingLoop):
             self.folder = xp.experiment_dir(self.dim, args.exp_num)
             self.exp_num = args.exp_num
             path = self.folder / "config.json"
-            self.config = resolve_config(read_json(path), self.dim, source=str(path))
+            self.config = resolve_config(stored_config(read_json(path)), self.dim, source=str(path))
             if args.config_file:
                 given, given_path = load_config(args.config_file, self.dim)
                 differing = config_differences(given, self.config)
@@ -152,7 +153,8 @@ class Trainer(TrainingLoop):
         if self.resume_state.get("config") is None:
             return
         try:
-            trained = resolve_config(self.resume_state["config"], self.dim, source=f"checkpoint epoch {epoch}")
+            trained = resolve_config(stored_config(self.resume_state["config"]), self.dim,
+                                     source=f"checkpoint epoch {epoch}")
         except ConfigError as err:  # written by a version with other config keys: nothing to compare
             if self.dist.is_main:
                 print(f"notice: cannot compare {path} with checkpoint epoch {epoch}'s config ({err})", file=sys.stderr)
@@ -182,7 +184,8 @@ class Trainer(TrainingLoop):
                     print(f"restart: previous run kept in {archived}", file=sys.stderr)
                 write_json(self.folder / "config.json", self.config)
             elif self.mode == "resume":
-                archived = xp.archive_after(self.folder, self.resume_epoch)
+                # A partial checkpoint (an interruption's) becomes the whole epoch's: its evaluations go too.
+                archived = xp.archive_after(self.folder, self.resume_epoch, partial=self.start_step > 0)
                 if archived:
                     print(f"resume: what the run wrote after epoch {self.resume_epoch} (checkpoints, weights, "
                           f"evaluations) kept in {archived}", file=sys.stderr)
@@ -215,6 +218,11 @@ class Trainer(TrainingLoop):
         self.start_epoch = state["epoch"]
         self.start_step = state.get("step", 0)
         self.partial_sums = state.get("epoch_sums")
+        # The folding penalty's term was named "folding" before 2026-11-30 (val_folding was, and is, the %).
+        if "train_folding" in self.history:
+            self.history["train_folding_penalty"] = self.history.pop("train_folding")
+        if self.partial_sums and "folding" in self.partial_sums:
+            self.partial_sums["folding_penalty"] = self.partial_sums.pop("folding")
 
     def _state(self, epoch, step=0, epoch_sums=None):
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
@@ -233,6 +241,14 @@ class Trainer(TrainingLoop):
             "train_size": list(self.train_shape),
             "config": self.config,
         }
+
+
+def stored_config(config):
+    """A config an experiment stored, before resolving: its model config read as it was trained
+    (:func:`models.registry.stored_model_config`)."""
+    if not isinstance(config, dict) or not isinstance(config.get("model_config"), dict):
+        return config  # resolve_config names what is wrong
+    return {**config, "model_config": stored_model_config(config.get("model_name"), config["model_config"])}
 
 
 def rank_seed(seed, rank, epoch, step):

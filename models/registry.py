@@ -80,6 +80,18 @@ def _constructor_args(cls):
     return [p.name for p in params], required
 
 
+def stored_model_config(model_name, model_config):
+    """A ``model_config`` an experiment stored (checkpoint, weights, ``config.json``), for today's code.
+
+    VoxelMorph-1/-2/-Huge became ``architecture: "strided"`` on 2026-11-30; a stored VoxelMorph
+    config without ``architecture`` was resolved before then (or names no preset), when the
+    U-Net was ``"unet"``, which is what its weights fit. New experiments store the key.
+    """
+    if model_name == "voxelmorph" and isinstance(model_config, dict) and "architecture" not in model_config:
+        return {**model_config, "architecture": "unet"}
+    return model_config
+
+
 def resolve_model_config(model_name, model_config, dim):
     """Validate ``model_config`` for ``model_name`` and return the full constructor arguments.
 
@@ -167,4 +179,5 @@ def list_presets():
     return {name: {p: cfg.get("dim") for p, cfg in spec.presets.items()} for name, spec in MODELS.items()}
 
 
-__all__ = ["build_model", "count_parameters", "register_model", "resolve_model_config", "list_presets", "MODELS"]
+__all__ = ["build_model", "count_parameters", "register_model", "resolve_model_config", "list_presets", "stored_model_config",
+           "MODELS"]

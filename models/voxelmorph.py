@@ -171,8 +171,10 @@ class VoxelMorph(InputShapeMixin, nn.Module):
     dim : int
         2 or 3 spatial dimensions.
     architecture : {"strided", "unet", "residual"}
-        voxelmorph's U-Net as the published comparisons ran it (stride-2 encoder), voxelmorph's
-        current U-Net (max pooling), or the residual U-Net of the FNOReg paper's VoxelMorph-Large.
+        voxelmorph's U-Net as the published comparisons ran it (stride-2 encoder; the presets),
+        voxelmorph's current U-Net (max pooling; the default, so that configs and checkpoints
+        written before the presets changed still build the network they trained), or the
+        residual U-Net of the FNOReg paper's VoxelMorph-Large.
     enc_features, dec_features : list of int
         ``strided`` and ``unet``: encoder widths (one per level) and decoder widths (one per
         level, then any extra full-resolution convolutions), e.g. [16, 32, 32, 32] and
@@ -197,7 +199,7 @@ class VoxelMorph(InputShapeMixin, nn.Module):
 
     label = "voxelmorph"
 
-    def __init__(self, dim, architecture="strided", enc_features=None, dec_features=None, start_channels=None,
+    def __init__(self, dim, architecture="unet", enc_features=None, dec_features=None, start_channels=None,
                  levels=None, res_blocks=None, latent_blocks=None, flow_units=None, head_init=None,
                  integration_steps=0, in_channels=2):
         super().__init__()

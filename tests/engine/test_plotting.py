@@ -54,3 +54,14 @@ def test_dice_boxplot_skips_absent_labels(tmp_path):
     assert labels == ["mean", "L-cortex (1)", "R-cortex (3)"]
     save_figure(fig, tmp_path / "box.png")
     assert (tmp_path / "box.png").stat().st_size > 0
+
+
+def test_history_plots_skip_a_term_that_does_not_span_every_epoch(tmp_path):
+    from engine.plotting import plot_history
+
+    # A run resumed across a rename of a loss term: the old key covers the first epochs only.
+    history = {"epoch": [1, 2, 3], "train_loss": [0.3, 0.2, 0.1], "train_similarity": [0.3, 0.2, 0.1],
+               "train_folding": [0.01, 0.01], "val_epoch": [1, 2, 3], "val_loss": [0.3, 0.2, 0.1],
+               "val_folding": [0.0, 0.0, 0.0], "val_dice": [0.5, 0.6, 0.7]}
+    plot_history(history, tmp_path)
+    assert (tmp_path / "loss.png").stat().st_size > 0 and (tmp_path / "dice.png").stat().st_size > 0

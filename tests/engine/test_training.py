@@ -144,7 +144,9 @@ def test_an_interruptions_checkpoint_becomes_the_whole_epochs(tmp_path, exp_root
     assert interrupted_run(cfg, 8, monkeypatch) == 130  # 2nd step of epoch 3
     folder = exp_root / "2d" / "exp1"
     assert torch.load(folder / "checkpoints" / "ckpt_epoch3.pt", weights_only=True)["step"] == 2
+    (folder / "eval" / "epoch3_32").mkdir(parents=True)  # an evaluation of the partial checkpoint
     assert train("--exp_num", "1", "--ckpt_epoch", "3") == 0
+    assert (folder / "previous_runs" / "run1" / "eval" / "epoch3_32").is_dir()  # it scored other weights
     state = torch.load(folder / "checkpoints" / "ckpt_epoch3.pt", weights_only=True)
     assert (state["epoch"], state["step"]) == (3, 0) and list_checkpoint_epochs(folder) == [3, 4]
 
@@ -184,6 +186,36 @@ def test_processes_must_share_a_batch_capped_by_a_small_split(tmp_path, exp_root
     assert not exp_root.exists() or xp.list_experiments(2) == []
 
 
+def test_voxelmorph_experiments_from_before_the_strided_presets_still_load_and_resume(tmp_path, exp_root):
+    from engine.checkpoint import load_model
+
+    # Trained as the vxm1 preset was until 2026-11-30 (the max-pool U-Net), then stored the way
+    # that version stored it: the resolved preset, with no "architecture" key anywhere.
+    cfg = write_config(tmp_path)
+    raw = json.loads(Path(cfg).read_text())
+    raw["model_name"], raw["model_config"] = "voxelmorph", {"preset": "vxm1", "architecture": "unet"}
+    raw["data_config"]["phantom"]["shape"] = [32, 48]
+    Path(cfg).write_text(json.dumps(raw))
+    assert train("--config_file", cfg) == 0
+    folder = exp_root / "2d" / "exp1"
+
+    def strip(model_config):
+        model_config.pop("architecture", None)  # the checkpoint shares one dict between its two copies
+    stored = json.loads((folder / "config.json").read_text())
+    strip(stored["model_config"])
+    (folder / "config.json").write_text(json.dumps(stored))
+    for path in [folder / "weights.pth", *sorted((folder / "checkpoints").glob("*.pt"))]:
+        payload = torch.load(path, weights_only=True)
+        strip(payload["model_config"])
+        if "config" in payload:
+            strip(payload["config"]["model_config"])
+        torch.save(payload, path)
+
+    model, info = load_model(folder)  # evaluate_2d.py and register.py load this way
+    assert model.architecture == "unet" and info["model_config"]["architecture"] == "unet"
+    assert train("--exp_num", "1", "--ckpt_epoch", "2") == 0  # a resume rebuilds the same network
+
+
 def test_restart_keeps_previous_run(tmp_path, exp_root):
     assert train("--config_file", write_config(tmp_path)) == 0
     folder = exp_root / "2d" / "exp1"
@@ -205,6 +237,7 @@ def test_resume_from_an_earlier_epoch_keeps_what_came_after(tmp_path, exp_root, 
     (folder / "eval" / "final_32").mkdir(parents=True)
     (folder / "eval" / "epoch2_32").mkdir()
     (folder / "eval" / "epoch4_32").mkdir()
+    (folder / "eval" / "final_table.csv").write_text("a user's own file")  # not an evaluation folder
     old4 = (folder / "checkpoints" / "ckpt_epoch4.pt").read_bytes()
     assert train("--exp_num", "1", "--ckpt_epoch", "2") == 0
     kept = folder / "previous_runs" / "run1"
@@ -212,6 +245,7 @@ def test_resume_from_an_earlier_epoch_keeps_what_came_after(tmp_path, exp_root, 
     assert (kept / "checkpoints" / "ckpt_epoch4.pt").read_bytes() == old4 and (kept / "weights.pth").is_file()
     assert sorted(p.name for p in (kept / "eval").iterdir()) == ["epoch4_32", "final_32"]
     assert (folder / "eval" / "epoch2_32").is_dir() and list_checkpoint_epochs(folder) == [2, 4]
+    assert (folder / "eval" / "final_table.csv").is_file()
 
 
 @pytest.mark.parametrize("section, key, value, refused", [
