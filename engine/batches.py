@@ -55,6 +55,13 @@ class PairBatch:
     fixed_labels: torch.Tensor = None
     has_labels: torch.Tensor = None  # (B,) both subjects of the pair have label maps
 
+    def select(self, rows):
+        """The pairs ``rows`` (a (B,) bool mask or index tensor) of this batch."""
+        def take(x):
+            return None if x is None else x[rows]
+        return PairBatch(self.moving[rows], self.fixed[rows], take(self.moving_labels), take(self.fixed_labels),
+                         take(self.has_labels))
+
 
 class DeviceSplit:
     """A :class:`data.dataset.RegistrationSplit` resized to ``shape`` and placed for ``device``.

@@ -91,16 +91,18 @@ class TrainingLoop:
 
     # ----------------------------------------------------------------------------- steps
     def _loss(self, net, batch, loss_fn=None):
-        loss_fn = loss_fn or self.loss_fn
         flow = net(batch.moving, batch.fixed)
         warped = warp(batch.moving, flow)
-        onehots = (None, None)
-        if loss_fn.uses_labels:
-            fixed_oh = one_hot(batch.fixed_labels, self.label_ids)
-            warped_oh = warp(one_hot(batch.moving_labels, self.label_ids), flow)
-            onehots = (fixed_oh, warped_oh)
-        total, terms = loss_fn(batch.fixed, warped, flow, *onehots)
+        total, terms = self._objective(loss_fn or self.loss_fn, batch, flow, warped)
         return total, terms, flow, warped
+
+    def _objective(self, loss_fn, batch, flow, warped):
+        """``loss_fn`` on a registered batch; the soft-Dice one-hot maps only when it uses labels."""
+        onehots = ()
+        if loss_fn.uses_labels:
+            onehots = (one_hot(batch.fixed_labels, self.label_ids),
+                       warp(one_hot(batch.moving_labels, self.label_ids), flow))
+        return loss_fn(batch.fixed, warped, flow, *onehots)
 
     def _train_epoch(self, epoch, first_step, sums):
         tc = self.config["train_config"]
@@ -188,16 +190,11 @@ class TrainingLoop:
             # Each term over the pairs it applies to: the Dice term over the labelled ones only.
             labelled = (batch.has_labels if batch.has_labels is not None and batch.moving_labels is not None
                         else torch.zeros(len(flow), dtype=torch.bool, device=flow.device))
-            parts = [(labelled, self.loss_fn), (~labelled, image_terms)] if self.loss_fn.uses_labels else \
-                [(torch.ones_like(labelled), self.loss_fn)]
-            for rows, loss_fn in parts:
+            for rows, loss_fn in ((labelled, self.loss_fn), (~labelled, image_terms)):
                 n = int(rows.sum())
                 if n == 0:
                     continue
-                onehots = ((one_hot(batch.fixed_labels[rows], self.label_ids),
-                            warp(one_hot(batch.moving_labels[rows], self.label_ids), flow[rows]))
-                           if loss_fn.uses_labels else ())
-                _, terms = loss_fn(batch.fixed[rows], warped[rows], flow[rows], *onehots)
+                _, terms = self._objective(loss_fn, batch.select(rows), flow[rows], warped[rows])
                 for name, value in terms.items():
                     sums[name] = sums.get(name, 0.0) + float(value) * n
                     counts[name] = counts.get(name, 0) + n
