@@ -359,16 +359,14 @@ def plot(result, path):
     for ax, mode in zip(axes, MODES):
         for i, label in enumerate(labels):
             for j, device in enumerate(devices):
-                for k, dim in enumerate((2, 3)):  # 2D and 3D as separate lines, as their fits are
+                name = label + (f" ({device})" if len(devices) > 1 else "")
+                for dim in (2, 3):  # 2D and 3D as separate lines, as their fits are; one legend entry
                     pts = sorted((c["pixels"], c["seconds_per_pair"]) for c in cells if c["label"] == label
                                  and c["mode"] == mode and c["device"] == device and c["dim"] == dim)
-                    if not pts:
-                        continue
-                    first = not any(c["dim"] < dim for c in cells if c["label"] == label and c["mode"] == mode
-                                    and c["device"] == device)
-                    ax.plot(*zip(*pts), marker="osD^v<>p"[i % 8], linestyle=["-", "--", ":"][j % 3],
-                            color=colours(i % 20),
-                            label=(label + (f" ({device})" if len(devices) > 1 else "")) if first else None)
+                    if pts:
+                        ax.plot(*zip(*pts), marker="osD^v<>p"[i % 8], linestyle=["-", "--", ":"][j % 3],
+                                color=colours(i % 20), label=name)
+                        name = None
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("pixels / voxels per image")

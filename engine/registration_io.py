@@ -41,7 +41,6 @@ shape)
 
 import argparse
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,11 +55,11 @@ from engine.checkpoint import add_fold_repair_argument, load_model, set_fold_rep
 from engine.metrics import folding_percent, jacobian_determinant, mean_dice, sdlogj
 from engine.plotting import registration_panel, save_figure
 from engine.refine import DEFAULT_REFINE_LR, refine_field, refine_loss
-from engine.scoring import timed_registration
+from engine.scoring import timed, timed_registration
 from losses import RegistrationLoss
 from models import to_pixel_units, warp
 from models.spectral import weight_cache
-from utils.device import select_device, synchronize
+from utils.device import select_device
 from utils.errors import DataError, ShapeError, UserError
 from utils.fileio import read_json, write_json
 
@@ -266,13 +265,10 @@ def register_files(exp_num, dim, moving, fixed, out, moving_seg=None, fixed_seg=
         if refine:
             network = {"folding_percent": float(folding_percent(flow)[0]), "sdlogj": float(sdlogj(flow)[0]),
                        "seconds_forward_warp": seconds}
-            synchronize(device)  # a GPU's queued work is timed too, as in timed_registration
-            started = time.perf_counter()
             network_flow = flow
-            flow = refine_field(net_moving, net_fixed, flow, refine, _refine_loss(folder), refine_lr,
-                                repair=getattr(model, "fold_repair", False))
-            synchronize(device)
-            seconds_refine = time.perf_counter() - started
+            flow, seconds_refine = timed(lambda: refine_field(net_moving, net_fixed, network_flow, refine,
+                                                              _refine_loss(folder), refine_lr,
+                                                              repair=getattr(model, "fold_repair", False)), device)
         warped = warp(moving_t, flow)  # the moving image's own intensities, even with --rescale
         jac = jacobian_determinant(flow)
         flow_px = to_pixel_units(flow)

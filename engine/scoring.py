@@ -81,13 +81,24 @@ def field_on_grid(flow, shape):
     return resize_images(flow, tuple(shape))
 
 
-def timed_registration(model, moving, fixed, device):
-    """Displacement, warped image and seconds of ``model`` forward + warp, synchronised on ``device``."""
+def _refined(refine, batch, flow):
+    flow = refine(batch.moving, batch.fixed, flow)
+    return flow, warp(batch.moving, flow)
+
+
+def timed(fn, device):
+    """``(fn(), seconds)``, synchronised on ``device`` before and after, so a GPU's queued work counts."""
     synchronize(device)
     start = time.perf_counter()
-    flow, warped = _forward_warp(model, moving, fixed)
+    out = fn()
     synchronize(device)
-    return flow, warped, time.perf_counter() - start
+    return out, time.perf_counter() - start
+
+
+def timed_registration(model, moving, fixed, device):
+    """Displacement, warped image and seconds of ``model`` forward + warp, synchronised on ``device``."""
+    (flow, warped), seconds = timed(lambda: _forward_warp(model, moving, fixed), device)
+    return flow, warped, seconds
 
 
 @torch.inference_mode()
@@ -181,11 +192,8 @@ def _register_split(model, data, label_ids, batch_size, hd95_spacing, panels, on
                 if "labelled" in scores:
                     net["dice_after"][rows[scores["labelled"]]] = scores["dice_after"][scores["labelled"]]
                 bar.set_postfix_str(f"{dice_so_far}refining", refresh=True)
-                start = time.perf_counter()
-                flow = refine(batch.moving, batch.fixed, flow)
-                warped = warp(batch.moving, flow)
-                synchronize(device)
-                seconds += time.perf_counter() - start
+                (flow, warped), refine_s = timed(lambda: _refined(refine, batch, flow), device)
+                seconds += refine_s
             out.time_s[rows] = seconds / len(rows)
             scores = _score_field(flow, batch, label_ids)
             jac, warped_labels = scores["jacobian"], scores["warped_labels"]
@@ -219,4 +227,4 @@ def _register_split(model, data, label_ids, batch_size, hd95_spacing, panels, on
     return out
 
 
-__all__ = ["PairMetrics", "field_on_grid", "register_split", "timed_registration"]
+__all__ = ["PairMetrics", "field_on_grid", "register_split", "timed", "timed_registration"]

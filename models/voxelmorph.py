@@ -76,12 +76,6 @@ class _ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
-def _check_levels(enc_features, dec_features):
-    if len(dec_features) < len(enc_features):
-        raise ConfigError(f"dec_features needs at least one entry per encoder level ({len(enc_features)}), "
-                          f"got {len(dec_features)}")
-
-
 class _UNet(nn.Module):
     """voxelmorph's U-Net, either version: returns the last full-resolution feature map.
 
@@ -92,8 +86,10 @@ class _UNet(nn.Module):
 
     def __init__(self, dim, in_channels, enc_features, dec_features, strided):
         super().__init__()
-        _check_levels(enc_features, dec_features)
         levels = len(enc_features)
+        if len(dec_features) < levels:
+            raise ConfigError(f"dec_features needs at least one entry per encoder level ({levels}), "
+                              f"got {len(dec_features)}")
         self.strided = strided
         self.encoder = nn.ModuleList()
         prev = in_channels
