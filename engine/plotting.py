@@ -274,7 +274,7 @@ def plot_history(history, out_dir, initial_dice=None):
         ax.plot(history["epoch"], history[f"train_{term}"], "-", label="train")
         if len(history.get(f"val_{term}", [])) == len(val_epochs) > 0:
             ax.plot(val_epochs, history[f"val_{term}"], "o-", ms=3, label="validation")
-        ax.set(xlabel="epoch", title=f"{term} term (unweighted)")
+        ax.set(xlabel="epoch", title=f"{term.replace('_', ' ')} term (unweighted)")
         ax.legend(fontsize=8)
     for ax in axes[0]:
         ax.grid(alpha=0.3)
