@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import finish_machine_info, machine_info, machine_line, time_call  # noqa: E402
+from benchmarks.common import finish_machine_info, machine_info, machine_line, set_threads, time_call  # noqa: E402
 from models import warp  # noqa: E402
 from models.registry import build_model  # noqa: E402
 from models.spectral import weight_cache  # noqa: E402
@@ -163,7 +163,7 @@ def main(argv=None):
     p.add_argument("--diffeomorphic", action="store_true", help="the configs' diffeomorphic model")
     p.add_argument("--out", help="write floor.json and floor.md here")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     torch.manual_seed(0)
     info = machine_info("cpu")
     shape = tuple(args.shape)

@@ -81,8 +81,9 @@ def child(spec):
     """Measure one cell (runs in the child process); returns the result dict."""
     import torch
 
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
+    from benchmarks.common import set_threads
+
+    set_threads(spec.get("threads"))
     device = torch.device(spec["device"])
     if spec.get("cuda_fraction"):
         torch.cuda.set_per_process_memory_fraction(spec["cuda_fraction"], device)

@@ -46,6 +46,7 @@ from benchmarks.common import (  # noqa: E402
     machine_line,
     make_entry,
     markdown_table,
+    set_threads,
     write_outputs,
 )
 
@@ -176,7 +177,7 @@ def main(argv=None):
     p.add_argument("--infer_shape", type=int, nargs=2, default=list(FULL))
     p.add_argument("--out", help="write targets.json and targets.md here")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     info = machine_info("cpu")
     floor_model = build(make_entry("fnoreg", "large"), 2, "cpu").eval()
 

@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from utils.allocator import retain_freed_memory  # noqa: E402
+
 CONFIG_DIR = REPO / "configs"
 REFERENCE = ("voxelmorph", "vxm2")  # every ratio is to VoxelMorph-2 measured in the same run
 
@@ -112,7 +114,12 @@ def machine_line(info):
 
 
 def set_threads(threads):
-    """``--threads``: torch intra-op threads (default: torch's own choice, stated in every figure)."""
+    """``--threads``: torch intra-op threads (default: torch's own choice, stated in every figure).
+
+    Also sets the process up as the scripts' :func:`utils.cli.run_cli` does (freed memory kept
+    for reuse, :mod:`utils.allocator`), so the figures are what the scripts see.
+    """
+    retain_freed_memory()
     if threads:
         torch.set_num_threads(int(threads))
 

@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import set_threads  # noqa: E402
 from losses import RegistrationLoss  # noqa: E402
 from models import build_model, warp  # noqa: E402
 
@@ -33,7 +34,7 @@ def main():
     p.add_argument("--profile_steps", type=int, default=5)
     p.add_argument("--top", type=int, default=10)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     torch.manual_seed(0)
     name, preset = args.model.split("/")
     dim = len(args.shape)

@@ -18,12 +18,10 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_resolution import experiments_dir, train_run  # noqa: E402
-from benchmarks.common import finish_machine_info, machine_info, machine_line  # noqa: E402
+from benchmarks.common import finish_machine_info, machine_info, machine_line, set_threads  # noqa: E402
 from engine.evaluation import evaluate_experiment  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,8 +106,7 @@ def main():
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     info = machine_info(device="cpu")
     work, out = Path(args.work), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 import argparse
 import sys
 
+from utils.allocator import retain_freed_memory
 from utils.errors import UserError
 
 
@@ -40,7 +41,11 @@ def evaluate_parser(dim):
 
 
 def run_cli(main, argv=None):
-    """Run ``main(argv)``; a UserError becomes one line on stderr and exit status 2."""
+    """Run ``main(argv)``; a UserError becomes one line on stderr and exit status 2.
+
+    Sets the process up first: freed memory is kept for reuse (:mod:`utils.allocator`).
+    """
+    retain_freed_memory()
     try:
         return main(argv)
     except UserError as exc:

@@ -1,0 +1,67 @@
+"""Freed memory kept for reuse (utils/allocator.py): page faults of a repeated step, the switch.
+
+Each case runs in a fresh process: the allocator's settings are process-wide and cannot be undone.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+GLIBC = sys.platform.startswith("linux") and bool(os.confstr("CS_GNU_LIBC_VERSION") if hasattr(os, "confstr") else "")
+
+# A step that frees 24 MiB at the top of the heap, more than glibc's default trim threshold
+# (twice the adapted mmap threshold, 16 MiB here), so by default the memory goes back to the
+# kernel and the next step faults its pages in again.
+STEP = """
+import resource, sys
+sys.path.insert(0, {repo!r})
+import torch
+from utils.allocator import retain_freed_memory
+applied = retain_freed_memory()
+assert retain_freed_memory() == applied  # idempotent
+torch.set_num_threads(1)
+def step():
+    blocks = [torch.ones(2 * 2**20) for _ in range(3)]  # 8 MiB each, written
+    del blocks
+for _ in range(3):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    step()
+print(applied, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+"""
+
+
+def _run(keep):
+    env = dict(os.environ, FNOREG_KEEP_FREED_MEMORY="1" if keep else "0")
+    out = subprocess.run([sys.executable, "-c", STEP.format(repo=str(REPO))], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    return out[0] == "True", float(out[1])
+
+
+def test_switched_off_by_the_environment():
+    applied, _ = _run(keep=False)
+    assert not applied
+
+
+@pytest.mark.skipif(not GLIBC, reason="the settings are glibc's")
+def test_a_repeated_step_stops_faulting_in_fresh_pages():
+    applied, faults = _run(keep=True)
+    _, default_faults = _run(keep=False)
+    assert applied
+    # 8 MiB is 2048 pages: by default at least one block is handed back and faulted in each step.
+    assert default_faults >= 1000
+    assert faults < default_faults / 4
+
+
+def test_every_script_sets_the_process_up(monkeypatch):
+    import utils.cli as cli
+
+    calls = []
+    monkeypatch.setattr(cli, "retain_freed_memory", lambda: calls.append(1))
+    assert cli.run_cli(lambda argv: 7, []) == 7
+    assert calls == [1]
