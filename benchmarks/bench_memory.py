@@ -18,7 +18,10 @@ second call:
   call itself adds: activations, gradients, temporaries). Where ``clear_refs`` is unavailable,
   ``ru_maxrss`` after the call is the peak and the step figure is marked approximate. The child's
   address space is capped (``--mem_limit_gb``, default 75 % of the available memory) so that an
-  oversized cell fails alone instead of pushing the machine into swap or the OOM killer.
+  oversized cell fails alone instead of pushing the machine into swap or the OOM killer. The
+  child leaves the C allocator at its defaults, so freed memory goes back to the kernel and the
+  figures are what the computation holds; the scripts keep freed memory for reuse
+  (:mod:`utils.allocator`), which raises a process's peak by fragmentation (``benchmarks/README.md``).
 - **CUDA**: ``torch.cuda.max_memory_allocated`` over the call after ``reset_peak_memory_stats``
   (``peak``), minus ``memory_allocated`` before it (``step``); ``max_memory_reserved`` too.
 
@@ -81,9 +84,11 @@ def child(spec):
     """Measure one cell (runs in the child process); returns the result dict."""
     import torch
 
-    from benchmarks.common import set_threads
-
-    set_threads(spec.get("threads"))
+    # The C allocator at its defaults: a peak of what the computation holds, as the CUDA figure
+    # counts tensors only. The scripts keep freed memory for reuse (utils.allocator), which
+    # raises a process's peak a little through fragmentation; benchmarks/README.md gives it.
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     if spec.get("cuda_fraction"):
         torch.cuda.set_per_process_memory_fraction(spec["cuda_fraction"], device)

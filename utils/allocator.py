@@ -2,28 +2,33 @@
 
 PyTorch allocates CPU tensors with the C library's ``malloc`` and keeps no cache of its own.
 glibc's default policy suits programs with small, long-lived allocations, not a loop that frees
-and re-allocates the same tens of megabytes every step: a block above its adaptive mmap
-threshold (128 KiB at start, raised as such blocks are freed) is mapped fresh on every
-allocation, and free memory at the top of the heap beyond twice that threshold is handed back
-to the kernel. Either way the next step touches new pages, and each 4 KiB page costs a page
-fault and a zeroing by the kernel. Measured on a 2-core Xeon with 2 threads (medians):
+and re-allocates the same megabytes every step: a block above its adaptive mmap threshold
+(128 KiB at start, raised as such blocks are freed, at most 32 MiB) is mapped fresh on every
+allocation and unmapped when freed, and free memory at the top of the heap beyond twice that
+threshold is handed back to the kernel. Either way the next step touches new pages, and each
+4 KiB page costs a page fault and a zeroing by the kernel; how many depends on the process's
+allocation history, so the same model's time moved from run to run. Measured on a 2-core Xeon,
+2 threads, alternated processes, default -> with the settings below:
 
-- FNOReg small inference at 160x192 in a process that runs only it (an evaluation): 2,100 page
-  faults per call, 17.2 ms; with the settings below 16 faults, 14.5 ms;
-- FNOReg 3D inference at 80x96x112: 690,000 faults and 1.1 s of kernel time per call, 1.51 s;
-  with the settings 50,000 faults, 0.93 s;
-- FNOReg small training step at 80x96, batch 8: 11,000 faults per step, 140 ms; with the
-  settings about 100, 133 ms (three alternated pairs of processes);
-- VoxelMorph vxm2 and FNOReg large at 160x192 had no faults either way and kept their speed.
+- FNOReg 3D training step at 80x96x112, batch 1: 1.7-2.6 million faults and 4.5-6.7 s of kernel
+  time per step, 9.7-11.5 s -> 0.1-0.3 million faults, 6.4-6.5 s;
+- FNOReg 3D inference at 80x96x112: 0.1-0.5 million faults per call, 1.3-1.9 s -> at most
+  2,000 faults, 1.1-1.15 s; peak resident set unchanged (2.1-2.3 GB);
+- 2D at 160x192, in a process that runs only inference (an evaluation): FNOReg small 1,300-2,400
+  faults per call in two of three processes, VoxelMorph vxm2 3,200-4,800 in two of three (its
+  time then 24-25 ms instead of 12 ms) -> none;
+- FNOReg small training step at 80x96, batch 8: 11,000 faults per step, 138-143 ms -> about 100,
+  132-135 ms (three pairs).
 
-:func:`retain_freed_memory` fixes the mmap threshold at glibc's largest value (32 MiB on a
-64-bit system) and raises the trim threshold to 1 GiB, so blocks up to 32 MiB are carved from
-the heap and stay there when freed, ready for the next step. Larger blocks (3D activations at
-full size) are still mapped fresh each time. The cost: a process keeps up to 1 GiB of freed
-heap, beyond its peak, instead of returning it at once (the memory benchmark's peak resident
-sets barely moved). Every script calls it at start (:func:`utils.cli.run_cli`), and so do the
-benchmarks, for every model alike; ``FNOREG_KEEP_FREED_MEMORY=0`` in the environment turns it
-off. Elsewhere (macOS, Windows, musl) it does nothing.
+:func:`retain_freed_memory` stops glibc from mapping blocks of their own (``M_MMAP_MAX`` 0: every
+block comes from the heap, and a freed one stays there for the next step) and raises the trim
+threshold to 1 GiB (free memory at the top of the heap is handed back only beyond that). The
+cost: a process keeps freed heap for reuse instead of returning it, so its resident set stays
+near its peak, and the peak itself rises through fragmentation (``bench_memory.py``'s training
+step at 80x96x112: FNOReg 3D +5 %, +9 % checkpointed, VoxelMorph vxm2 +28 %, 1.7 -> 2.2 GB). Every script
+calls it at start (:func:`utils.cli.run_cli`), and so does every benchmark, for every model
+alike; ``FNOREG_KEEP_FREED_MEMORY=0`` in the environment turns it off. Elsewhere (macOS, Windows,
+musl) it does nothing.
 """
 
 import ctypes
@@ -32,9 +37,8 @@ import sys
 
 # glibc's mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4
 
-MMAP_THRESHOLD = 32 * 2**20  # glibc's maximum on 64-bit systems (HEAP_MAX_SIZE / 2)
 TRIM_THRESHOLD = 2**30
 ENV_SWITCH = "FNOREG_KEEP_FREED_MEMORY"
 
@@ -54,7 +58,7 @@ def _glibc():
 
 
 def retain_freed_memory():
-    """Keep freed blocks of up to 32 MiB in the process for reuse (glibc only; idempotent).
+    """Keep freed memory in the process for the next step (glibc only; idempotent).
 
     Returns
     -------
@@ -75,6 +79,7 @@ def retain_freed_memory():
     mallopt = libc.mallopt
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    # mallopt returns 1 on success; setting either threshold switches off glibc's adaptation.
-    _applied = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    # mallopt returns 1 on success; either setting also switches off glibc's adaptive thresholds.
+    # (Where the heap cannot grow, glibc still maps a block as a fallback.)
+    _applied = mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     return _applied
