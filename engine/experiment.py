@@ -154,6 +154,29 @@ def new_metadata(exp_num, config, n_params, train_size, device):
     }
 
 
+def launch_command():
+    """The command line that started this run.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) each process is a worker that torchrun started; the
+    line a user typed is torchrun's, read from its process (Linux; elsewhere, or when the parent
+    is not torchrun, the worker's own line).
+    """
+    own = " ".join([Path(sys.executable).name] + sys.argv)
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return own
+    try:
+        parent = [p.decode(errors="replace") for p in
+                  Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0") if p]
+    except OSError:
+        return own
+    for i, part in enumerate(parent[:3]):
+        if Path(part).name == "torchrun":
+            return " ".join(["torchrun"] + parent[i + 1:])
+        if part == "torch.distributed.run":
+            return " ".join([Path(parent[0]).name] + parent[1:])
+    return own
+
+
 def start_run(folder, kind, start_epoch, device, train_size=None, n_params=None):
     """Append a run entry (``kind``: start / restart / resume) with status ``running``; returns its index."""
     meta = read_metadata(folder)
@@ -166,7 +189,7 @@ def start_run(folder, kind, start_epoch, device, train_size=None, n_params=None)
         "status": "running",
         "device": str(device),
         "host": socket.gethostname(),
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "command": launch_command(),
         "git_commit": git_commit(),
     }
     meta["runs"].append(run)

@@ -34,7 +34,7 @@ from losses import RegistrationLoss
 from models import build_model, count_parameters
 from models.registry import stored_model_config
 from utils.device import select_device
-from utils.distributed import broadcast_object, init_distributed
+from utils.distributed import broadcast_object, gather_object, init_distributed
 from utils.errors import ConfigError, UserError
 from utils.fileio import read_json, write_json
 
@@ -100,9 +100,8 @@ class Trainer(TrainingLoop):
         self.scheduler = build_scheduler(self.optimizer, tc, tc["epochs"])
         self.history = {}
         self.start_epoch, self.start_step, self.partial_sums = 0, 0, None
-        if self.resume_state is not None:
-            self._load_state(self.resume_state)
-        if self.dist.rank > 0:
+        restored = self._load_state(self.resume_state) if self.resume_state is not None else False
+        if self.dist.rank > 0 and not restored:
             # Random layers (TransMorph's stochastic depth) need their own draws on every process;
             # rank 0 keeps the seeded (or checkpointed) stream, so one process trains as before.
             torch.manual_seed(rank_seed(tc["seed"], self.dist.rank, self.start_epoch, self.start_step))
@@ -207,13 +206,20 @@ class Trainer(TrainingLoop):
             self.writer = SummaryWriter(str(log_dir), purge_step=purge)
 
     def _load_state(self, state):
+        """Restore a checkpoint; True when this process's own random stream was restored too."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        # Every process's stream when the checkpoint has one per process of this job's size
+        # (written since 2026-11-30); otherwise rank 0's, and the others reseed (rank_seed).
+        ranks = state["rng"].get("ranks") or []
+        restored = len(ranks) == self.dist.world_size
+        rng = ranks[self.dist.rank] if restored else state["rng"]
+        if self.dist.rank == 0 or restored:
+            torch.set_rng_state(rng["torch"])
+            if torch.cuda.is_available() and rng.get("cuda") is not None:
+                torch.cuda.set_rng_state_all(rng["cuda"])
         self.history = state["history"]
         self.start_epoch = state["epoch"]
         self.start_step = state.get("step", 0)
@@ -223,16 +229,28 @@ class Trainer(TrainingLoop):
             self.history["train_folding_penalty"] = self.history.pop("train_folding")
         if self.partial_sums and "folding" in self.partial_sums:
             self.partial_sums["folding_penalty"] = self.partial_sums.pop("folding")
+        return restored
 
-    def _state(self, epoch, step=0, epoch_sums=None):
-        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    @staticmethod
+    def _rng_state():
+        return {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+    def _gather_rng(self):
+        """Every process's random streams, in rank order; every rank calls it before a save."""
+        return gather_object(self._rng_state(), self.dist)
+
+    def _state(self, epoch, step=0, epoch_sums=None, rank_rng=None):
+        """The checkpoint; ``rank_rng``: :meth:`_gather_rng`'s list (default: this process's alone)."""
+        rank_rng = rank_rng if rank_rng is not None else [self._rng_state()]
         return {
             "model": self.model.state_dict(),
             "model_name": self.config["model_name"],
             "model_config": self.config["model_config"],
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng},
+            # "torch" and "cuda": rank 0's, as before; "ranks": every process's, in rank order.
+            "rng": {**rank_rng[0], "ranks": rank_rng},
             # epoch = completed epochs; step > 0: that many steps of epoch + 1 are done too.
             "epoch": epoch,
             "step": step,
@@ -254,9 +272,10 @@ def stored_config(config):
 def rank_seed(seed, rank, epoch, step):
     """Seed of process ``rank``'s random stream from a start at (``epoch``, ``step``) of run ``seed``.
 
-    Only the checkpointed stream of rank 0 survives a resume; the other processes restart theirs
-    from this, so a resumed multi-process run is reproducible, and its random layers' draws
-    differ from an uninterrupted run's on ranks above 0 only.
+    For ranks above 0 at the start of a run, and on resuming from a checkpoint without every
+    process's stream (written before 2026-11-30, or by a job of another size): the resumed run is
+    then reproducible, and its random layers' draws differ from an uninterrupted run's on ranks
+    above 0 only.
     """
     return (((seed * 1_000_003 + rank) * 1_000_033 + epoch) * 1_000_037 + step) % 2**63
 

@@ -49,6 +49,18 @@ def broadcast_object(obj, info):
     return box[0]
 
 
+def gather_object(obj, info):
+    """Every rank's ``obj``, as a list in rank order, on every rank (``[obj]`` for one process).
+
+    Every rank must call it at the same point.
+    """
+    if not info.enabled:
+        return [obj]
+    box = [None] * info.world_size
+    dist.all_gather_object(box, obj)
+    return box
+
+
 def any_rank(flag, info):
     """True on every rank if ``flag`` is true on any rank (keeps ranks stopping at the same step)."""
     if not info.enabled:

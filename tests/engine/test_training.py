@@ -360,6 +360,8 @@ def test_ddp_two_processes_on_cpu(tmp_path, exp_root):
     assert xp.list_experiments(2) == [1]  # rank 0 alone created a folder
     meta = json.loads((exp_root / "2d" / "exp1" / "metadata.json").read_text())
     assert meta["runs"][0]["status"] == "finished" and meta["runs"][0]["world_size"] == 2
+    # The line that started the job, not one worker's.
+    assert meta["runs"][0]["command"].startswith("torchrun --standalone --nproc_per_node=2 ")
     assert (exp_root / "2d" / "exp1" / "weights.pth").is_file()
 
 
@@ -565,6 +567,61 @@ def test_ddp_processes_draw_different_random_numbers(tmp_path, exp_root):
     from models import build_model
     build_model("fnoreg", TINY["model_config"], 2)
     assert draws[0] == repr(torch.rand(4).tolist())
+
+
+DRAW_WORKER = '''
+import os, sys
+sys.path.insert(0, {repo!r})
+import torch
+from losses import registration
+from engine.training import train_main
+from utils.cli import run_cli
+
+original = registration.RegistrationLoss.__call__
+
+def loss(self, *args, **kwargs):
+    # What a random layer would draw at every step of this process, one line per step.
+    with open(os.path.join({out!r}, os.environ["TAG"] + "_rank" + os.environ["RANK"]), "a") as f:
+        f.write(repr(torch.rand(2).tolist()) + "\\n")
+    return original(self, *args, **kwargs)
+
+registration.RegistrationLoss.__call__ = loss
+sys.exit(run_cli(lambda a: train_main(2, a)))
+'''
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
+                    reason="torchrun not installed")
+def test_ddp_resume_continues_every_process_random_stream(tmp_path, exp_root):
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    worker = tmp_path / "worker.py"
+    worker.write_text(DRAW_WORKER.format(repo=str(REPO), out=str(tmp_path)))
+
+    def run(tag, *argv):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TAG": tag}
+        proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(worker), "--gpu_num", "-1", *argv],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def draws(tag, rank):
+        return (tmp_path / f"{tag}_rank{rank}").read_text().splitlines()
+
+    settings = {"steps_per_epoch": 1, "ckpt_freq": 1, "val_freq": 1}
+    run("straight", "--config_file", write_config(tmp_path, train_config={"epochs": 2, **settings}))
+    run("first", "--config_file", write_config(tmp_path, train_config={"epochs": 1, **settings}))
+    stored = exp_root / "2d" / "exp2" / "config.json"
+    config = json.loads(stored.read_text())
+    config["train_config"]["epochs"] = 2  # more epochs: a change a resume accepts
+    stored.write_text(json.dumps(config))
+    run("resumed", "--exp_num", "2", "--ckpt_epoch", "1")
+    for rank in (0, 1):
+        # (Rank 0's lines include its validation's calls.) The resumed run draws what the
+        # uninterrupted run drew after epoch 1, on every process.
+        assert draws("first", rank) + draws("resumed", rank) == draws("straight", rank), rank
+    assert draws("straight", 0) != draws("straight", 1)
+    state = torch.load(exp_root / "2d" / "exp2" / "checkpoints" / "ckpt_epoch1.pt", weights_only=True)
+    assert len(state["rng"]["ranks"]) == 2
+    assert torch.equal(state["rng"]["torch"], state["rng"]["ranks"][0]["torch"])
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
