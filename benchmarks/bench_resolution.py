@@ -49,17 +49,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.ants_reference import ants_register_split, import_ants  # noqa: E402
-from benchmarks.common import (  # noqa: E402
-    CONFIG_DIR,
-    REPO,
-    finish_machine_info,
-    fmt,
-    machine_info,
-    machine_line,
-    markdown_table,
-    set_threads,
-    shape_text,
-)
+from benchmarks.common import CONFIG_DIR, REPO, finish_machine_info, machine_info, set_threads, shape_text  # noqa: E402
+from benchmarks.resolution_report import dice_drop, resolution_markdown  # noqa: E402
 
 DEFAULT_MODELS = ("fnoreg/small", "fno/small", "voxelmorph/vxm2", "fouriernet/c16")
 CONFIG_FILES = {"fnoreg/small": "fnoreg_2d_small.json", "fno/small": "fno_2d_small.json",
@@ -244,73 +235,6 @@ def find_summaries(exp_folder, sizes):
     return found
 
 
-# ------------------------------------------------------------------------------------ report
-def dice_drop(runs, low, high):
-    """Dice(trained high, tested high) - Dice(trained low, tested high); None when either is missing."""
-    a = runs.get(high, {}).get("eval", {}).get(high, {}).get("dice_mean")
-    b = runs.get(low, {}).get("eval", {}).get(high, {}).get("dice_mean")
-    return a - b if a is not None and b is not None else None
-
-
-def markdown(result):
-    low, high = result["sizes"]
-    shapes = result["shapes"]
-    combos = [(low, low), (low, high), (high, low), (high, high)]
-    lines = ["# Resolution robustness", "", f"Machine: {machine_line(result['machine'])}.", "",
-             f"Command: `{result['command']}`", "",
-             f"Data: {result['data_description']}. Budget: {result['budget_description']}. "
-             f"Dice over the test pairs (scored on the native label maps), folding = % of pixels with "
-             f"J < 0 on the evaluation grid. Dice drop = Dice(trained {high}, tested {high}) - "
-             f"Dice(trained {low}, tested {high}): what training at half resolution costs at full resolution.",
-             ""]
-    header = ["model"] + [f"train {shapes[str(a)]} → test {shapes[str(b)]}: Dice / fold %" for a, b in combos] + \
-        ["Dice drop"]
-    rows = []
-    before = result.get("before", {})
-    if before:
-        rows.append(["before registration (per test size)"] + [fmt(before.get(str(b))) if a == low else "" for a, b in combos] + [""])
-    for label, model in result["models"].items():
-        runs = {int(k): v for k, v in model["runs"].items()}
-        cells = []
-        for a, b in combos:
-            s = runs.get(a, {}).get("eval", {}).get(str(b)) or runs.get(a, {}).get("eval", {}).get(b)
-            cells.append(f"{fmt(s['dice_mean'])} / {fmt(s['folding_percent_mean'], 2)}" if s else
-                         runs.get(a, {}).get("error", "–"))
-        drop = model.get("dice_drop")
-        rows.append([f"`{label}`"] + cells + [fmt(drop) if drop is not None else "–"])
-    for transform, per_size in result.get("ants", {}).items():
-        cells = []
-        for a, b in combos:
-            s = per_size.get(str(b)) if a == low else None
-            cells.append(f"{fmt(s['dice_mean'])} / {fmt(s['folding_percent_mean'], 2)}" if s else "")
-        rows.append([f"ANTs `{transform}` (no training; per test size)"] + cells + [""])
-    lines.append(markdown_table(header, rows))
-    lines += ["", "SDlogJ, HD95 (full-resolution voxels) and time per pair at each test size:", ""]
-    header = ["model", "trained at"] + [f"test {shapes[str(b)]}: SDlogJ / HD95 / ms per pair" for b in (low, high)] + \
-        ["training wall time"]
-    rows = []
-    for label, model in result["models"].items():
-        for a in (low, high):
-            run = model["runs"].get(str(a)) or model["runs"].get(a) or {}
-            ev = run.get("eval", {})
-            cells = [_extra(ev.get(str(b)) or ev.get(b)) for b in (low, high)]
-            rows.append([f"`{label}`", shapes[str(a)]] + cells + [f"{run['train_seconds']:.0f} s" if
-                                                                  run.get("train_seconds") else "–"])
-    for transform, per_size in result.get("ants", {}).items():
-        rows.append([f"ANTs `{transform}`", "–"] + [_extra(per_size.get(str(b))) for b in (low, high)] + ["–"])
-    lines.append(markdown_table(header, rows))
-    if result.get("ants_note"):
-        lines += ["", result["ants_note"]]
-    return "\n".join(lines)
-
-
-def _extra(s):
-    if not s:
-        return "–"
-    t = s.get("time_per_pair_s")
-    return f"{fmt(s.get('sdlogj_mean'))} / {fmt(s.get('hd95_mean'), 2)} / {fmt(t * 1000 if t else None, 1)}"
-
-
 def parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gpu_num", type=int, default=-1, help="cuda:K, or -1 for the CPU (default)")
@@ -463,7 +387,7 @@ def main(argv=None):
 def _write(out, result):
     from benchmarks.common import write_outputs
 
-    return write_outputs(out, "resolution", result, markdown(result))
+    return write_outputs(out, "resolution", result, resolution_markdown(result))
 
 
 if __name__ == "__main__":

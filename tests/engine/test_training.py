@@ -527,48 +527,6 @@ sys.exit(run_cli(lambda a: train_main(2, a)))
 '''
 
 
-RNG_WORKER = '''
-import os, sys
-sys.path.insert(0, {repo!r})
-import torch
-from losses import registration
-from engine.training import train_main
-from utils.cli import run_cli
-
-original = registration.RegistrationLoss.__call__
-
-def loss(self, *args, **kwargs):
-    # What a random layer would draw in this process's first step.
-    path = os.path.join({out!r}, "rank" + os.environ["RANK"])
-    if not os.path.exists(path):
-        open(path, "w").write(repr(torch.rand(4).tolist()))
-    return original(self, *args, **kwargs)
-
-registration.RegistrationLoss.__call__ = loss
-sys.exit(run_cli(lambda a: train_main(2, a)))
-'''
-
-
-@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
-                    reason="torchrun not installed")
-def test_ddp_processes_draw_different_random_numbers(tmp_path, exp_root):
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cfg = write_config(tmp_path, train_config={"epochs": 1, "steps_per_epoch": 1})
-    worker = tmp_path / "worker.py"
-    worker.write_text(RNG_WORKER.format(repo=str(REPO), out=str(tmp_path)))
-    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(worker), "--config_file", cfg,
-                           "--gpu_num", "-1"], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    draws = [(tmp_path / f"rank{r}").read_text() for r in (0, 1)]
-    assert draws[0] != draws[1]  # stochastic depth must not drop the same blocks on every process
-    # Rank 0's stream is the single-process one: seeded, then the model's initialisation.
-    torch.manual_seed(TINY["train_config"]["seed"])
-    from models import build_model
-    build_model("fnoreg", TINY["model_config"], 2)
-    assert draws[0] == repr(torch.rand(4).tolist())
-
-
 DRAW_WORKER = '''
 import os, sys
 sys.path.insert(0, {repo!r})
@@ -588,6 +546,26 @@ def loss(self, *args, **kwargs):
 registration.RegistrationLoss.__call__ = loss
 sys.exit(run_cli(lambda a: train_main(2, a)))
 '''
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
+                    reason="torchrun not installed")
+def test_ddp_processes_draw_different_random_numbers(tmp_path, exp_root):
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TAG": "run"}
+    cfg = write_config(tmp_path, train_config={"epochs": 1, "steps_per_epoch": 1})
+    worker = tmp_path / "worker.py"
+    worker.write_text(DRAW_WORKER.format(repo=str(REPO), out=str(tmp_path)))
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(worker), "--config_file", cfg,
+                           "--gpu_num", "-1"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    draws = [(tmp_path / f"run_rank{r}").read_text().splitlines()[0] for r in (0, 1)]  # first steps
+    assert draws[0] != draws[1]  # stochastic depth must not drop the same blocks on every process
+    # Rank 0's stream is the single-process one: seeded, then the model's initialisation.
+    torch.manual_seed(TINY["train_config"]["seed"])
+    from models import build_model
+    build_model("fnoreg", TINY["model_config"], 2)
+    assert draws[0] == repr(torch.rand(2).tolist())
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
