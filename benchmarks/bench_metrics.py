@@ -15,6 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import set_threads  # noqa: E402
 from engine.metrics import dice_per_label, folding_percent, hd95_per_label, jacobian_determinant, sdlogj  # noqa: E402
 
 
@@ -41,6 +42,7 @@ def best_of(fn, repeats=3):
 
 
 def main():
+    set_threads(None)  # torch's own thread count; the scripts' allocator settings
     torch.manual_seed(0)
     fixed, source = _labels()
     moving = torch.roll(fixed, (2, 3, -2), dims=(2, 3, 4))

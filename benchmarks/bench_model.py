@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import set_threads  # noqa: E402
 from models import build_model, count_parameters, warp  # noqa: E402
 from models.spectral import SpectralConv, weight_cache  # noqa: E402
 from utils.device import select_device, synchronize  # noqa: E402
@@ -83,6 +84,7 @@ def main():
     parser.add_argument("--presets", nargs="+", default=list(PRESET_DIMS), choices=list(PRESET_DIMS))
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    set_threads(None)  # torch's own thread count; the scripts' allocator settings
     device = select_device(args.gpu_num)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}\n")
     bench_presets(device, args.presets, args.repeats)

@@ -21,6 +21,7 @@ import datetime
 import os
 import platform
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -157,12 +158,12 @@ def new_metadata(exp_num, config, n_params, train_size, device):
 def launch_command():
     """The command line that started this run.
 
-    Under ``torchrun`` (``WORLD_SIZE`` > 1) each process is a worker that torchrun started; the
-    line a user typed is torchrun's, read from its process (Linux; elsewhere, or when the parent
-    is not torchrun, the worker's own line).
+    Under ``torchrun`` (which sets ``LOCAL_RANK``) each process is a worker that torchrun
+    started; the line a user typed is torchrun's, read from its process (Linux; elsewhere, or
+    when the parent is not torchrun, the worker's own line).
     """
-    own = " ".join([Path(sys.executable).name] + sys.argv)
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+    own = shlex.join([Path(sys.executable).name] + sys.argv)
+    if "LOCAL_RANK" not in os.environ:
         return own
     try:
         parent = [p.decode(errors="replace") for p in
@@ -171,9 +172,9 @@ def launch_command():
         return own
     for i, part in enumerate(parent[:3]):
         if Path(part).name == "torchrun":
-            return " ".join(["torchrun"] + parent[i + 1:])
+            return shlex.join(["torchrun"] + parent[i + 1:])
         if part == "torch.distributed.run":
-            return " ".join([Path(parent[0]).name] + parent[1:])
+            return shlex.join([Path(parent[0]).name] + parent[1:])
     return own
 
 

@@ -339,14 +339,15 @@ class TrainingLoop:
 
     def _save_interrupted(self, epoch, done_steps, sums):
         rank_rng = self._gather_rng()  # every rank stops at the same step (any_rank), so all are here
-        if not self.main:
-            return
-        # done_steps == 0: nothing of this epoch ran, so this is the state after epoch - 1.
-        if done_steps == 0:
-            path = save_checkpoint(self.folder, epoch - 1, self._state(epoch - 1, rank_rng=rank_rng))
-            resume_epoch = epoch - 1
-        else:
-            path = save_checkpoint(self.folder, epoch, self._state(epoch - 1, done_steps, sums, rank_rng))
-            resume_epoch = epoch
-        print(f"interrupted: saved {path} ({done_steps} steps of epoch {epoch} done); resume with "
-              f"--exp_num {self.exp_num} --ckpt_epoch {resume_epoch}", file=sys.stderr)
+        if self.main:
+            # done_steps == 0: nothing of this epoch ran, so this is the state after epoch - 1.
+            if done_steps == 0:
+                path = save_checkpoint(self.folder, epoch - 1, self._state(epoch - 1, rank_rng=rank_rng))
+                resume_epoch = epoch - 1
+            else:
+                path = save_checkpoint(self.folder, epoch, self._state(epoch - 1, done_steps, sums, rank_rng))
+                resume_epoch = epoch
+            print(f"interrupted: saved {path} ({done_steps} steps of epoch {epoch} done); resume with "
+                  f"--exp_num {self.exp_num} --ckpt_epoch {resume_epoch}", file=sys.stderr)
+        # torchrun stops the other processes once one has exited: none may exit before the save.
+        barrier(self.dist)

@@ -13,22 +13,29 @@ allocation history, so the same model's time moved from run to run. Measured on 
 - FNOReg 3D training step at 80x96x112, batch 1: 1.7-2.6 million faults and 4.5-6.7 s of kernel
   time per step, 9.7-11.5 s -> 0.1-0.3 million faults, 6.4-6.5 s;
 - FNOReg 3D inference at 80x96x112: 0.1-0.5 million faults per call, 1.3-1.9 s -> at most
-  2,000 faults, 1.1-1.15 s; peak resident set unchanged (2.1-2.3 GB);
+  2,000 faults, 1.1-1.15 s; peak resident set unchanged (2.1-2.3 GiB);
 - 2D at 160x192, in a process that runs only inference (an evaluation): FNOReg small 1,300-2,400
   faults per call in two of three processes, VoxelMorph vxm2 3,200-4,800 in two of three (its
   time then 24-25 ms instead of 12 ms) -> none;
 - FNOReg small training step at 80x96, batch 8: 11,000 faults per step, 138-143 ms -> about 100,
   132-135 ms (three pairs).
 
-:func:`retain_freed_memory` stops glibc from mapping blocks of their own (``M_MMAP_MAX`` 0: every
-block comes from the heap, and a freed one stays there for the next step) and raises the trim
-threshold to 1 GiB (free memory at the top of the heap is handed back only beyond that). The
-cost: a process keeps freed heap for reuse instead of returning it, so its resident set stays
-near its peak, and the peak itself rises through fragmentation (``bench_memory.py``'s training
-step at 80x96x112: FNOReg 3D +5 %, +9 % checkpointed, VoxelMorph vxm2 +28 %, 1.7 -> 2.2 GB). Every script
-calls it at start (:func:`utils.cli.run_cli`), and so does every benchmark, for every model
-alike; ``FNOREG_KEEP_FREED_MEMORY=0`` in the environment turns it off. Elsewhere (macOS, Windows,
-musl) it does nothing.
+:func:`retain_freed_memory` stops glibc from mapping blocks of their own (``M_MMAP_MAX`` 0) and
+raises the trim threshold to 1 GiB. In the main thread, where PyTorch allocates the tensors of
+the forward and (on the CPU) the backward pass, every block then comes from the heap and a
+freed one stays there for the next step; free memory at the top of the heap is handed back only
+beyond 1 GiB, and freed memory below the top never (until the process ends). Other threads
+(gloo's under DistributedDataParallel, the OASIS loader's pool) allocate from heaps of their own
+of at most 64 MiB: a larger block there is still mapped fresh, and an emptied heap is unmapped.
+
+The cost: a process stays near the peak of its heap for the rest of its life (after a 3D
+training step, for the rest of a sweep or an evaluation), and the peak itself rises through
+fragmentation (``bench_memory.py``'s training step at 80x96x112: FNOReg 3D +5 %, +9 %
+checkpointed, VoxelMorph vxm2 +28 %, 1.7 -> 2.2 GiB). Every script calls it at start
+(:func:`utils.cli.run_cli`), and so does every benchmark (``benchmarks.common.set_threads``;
+the memory benchmark's children excepted), for every model alike;
+``FNOREG_KEEP_FREED_MEMORY=0`` in the environment turns it off. Elsewhere (macOS, Windows, musl)
+it does nothing.
 """
 
 import ctypes
@@ -63,8 +70,8 @@ def retain_freed_memory():
     Returns
     -------
     bool
-        True when the settings are in force: set now or by an earlier call. False on other C
-        libraries, when glibc refused them, or when ``FNOREG_KEEP_FREED_MEMORY=0``.
+        True when freed blocks are kept (``M_MMAP_MAX`` 0), set now or by an earlier call. False
+        on other C libraries, when glibc refused it, or when ``FNOREG_KEEP_FREED_MEMORY=0``.
     """
     global _applied
     if _applied is not None:
@@ -81,5 +88,6 @@ def retain_freed_memory():
     mallopt.restype = ctypes.c_int
     # mallopt returns 1 on success; either setting also switches off glibc's adaptive thresholds.
     # (Where the heap cannot grow, glibc still maps a block as a fallback.)
-    _applied = mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    _applied = mallopt(M_MMAP_MAX, 0) == 1
+    mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     return _applied

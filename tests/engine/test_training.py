@@ -528,7 +528,7 @@ sys.exit(run_cli(lambda a: train_main(2, a)))
 
 
 DRAW_WORKER = '''
-import os, sys
+import os, signal, sys
 sys.path.insert(0, {repo!r})
 import torch
 from losses import registration
@@ -537,10 +537,15 @@ from utils.cli import run_cli
 
 original = registration.RegistrationLoss.__call__
 
+calls = [0]
+
 def loss(self, *args, **kwargs):
     # What a random layer would draw at every step of this process, one line per step.
     with open(os.path.join({out!r}, os.environ["TAG"] + "_rank" + os.environ["RANK"]), "a") as f:
         f.write(repr(torch.rand(2).tolist()) + "\\n")
+    calls[0] += 1
+    if os.environ["RANK"] == "1" and calls[0] == int(os.environ.get("INTERRUPT_AT", 0)):
+        os.kill(os.getpid(), signal.SIGINT)  # as if Ctrl-C reached this process alone
     return original(self, *args, **kwargs)
 
 registration.RegistrationLoss.__call__ = loss
@@ -575,11 +580,13 @@ def test_ddp_resume_continues_every_process_random_stream(tmp_path, exp_root):
     worker = tmp_path / "worker.py"
     worker.write_text(DRAW_WORKER.format(repo=str(REPO), out=str(tmp_path)))
 
-    def run(tag, *argv):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TAG": tag}
+    def run(tag, *argv, code=0, **extra):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TAG": tag, **extra}
         proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(worker), "--gpu_num", "-1", *argv],
                               env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        if code is not None:
+            assert proc.returncode == code, proc.stderr[-3000:]
+        return proc
 
     def draws(tag, rank):
         return (tmp_path / f"{tag}_rank{rank}").read_text().splitlines()
@@ -600,6 +607,17 @@ def test_ddp_resume_continues_every_process_random_stream(tmp_path, exp_root):
     state = torch.load(exp_root / "2d" / "exp2" / "checkpoints" / "ckpt_epoch1.pt", weights_only=True)
     assert len(state["rng"]["ranks"]) == 2
     assert torch.equal(state["rng"]["torch"], state["rng"]["ranks"][0]["torch"])
+
+    # Interrupted on rank 1 in the first step of epoch 2 (its third training step): every rank
+    # stops after that step, the checkpoint keeps both streams, and the resume continues them.
+    settings = {"epochs": 2, "steps_per_epoch": 2, "ckpt_freq": 1, "val_freq": 1}
+    run("whole", "--config_file", write_config(tmp_path, train_config=settings))
+    run("cut", "--config_file", write_config(tmp_path, train_config=settings), code=None, INTERRUPT_AT="3")
+    state = torch.load(exp_root / "2d" / "exp4" / "checkpoints" / "ckpt_epoch2.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["step"] == 1 and len(state["rng"]["ranks"]) == 2
+    run("rest", "--exp_num", "4", "--ckpt_epoch", "2")
+    for rank in (0, 1):
+        assert draws("cut", rank) + draws("rest", rank) == draws("whole", rank), rank
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
