@@ -14,6 +14,8 @@ allocation history, so the same model's time moved from run to run. Measured on 
   time per step, 9.7-11.5 s -> 0.1-0.3 million faults, 6.4-6.5 s;
 - FNOReg 3D inference at 80x96x112: 0.1-0.5 million faults per call, 1.3-1.9 s -> at most
   2,000 faults, 1.1-1.15 s; peak resident set unchanged (2.1-2.3 GiB);
+- the 3D config's model (diffeomorphic, fold repair) at 160x192x224: 7.7-9.7 million faults per
+  call, 17-21 s -> 0.6-0.8 million, 9.8-10.8 s; peak resident set 3.3 -> 4.0 GiB;
 - 2D at 160x192, in a process that runs only inference (an evaluation): FNOReg small 1,300-2,400
   faults per call in two of three processes, VoxelMorph vxm2 3,200-4,800 in two of three (its
   time then 24-25 ms instead of 12 ms) -> none;
