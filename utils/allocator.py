@@ -16,11 +16,11 @@ allocation history, so the same model's time moved from run to run. Measured on 
   2,000 faults, 1.1-1.15 s; peak resident set unchanged (2.1-2.3 GiB);
 - the 3D config's model (diffeomorphic, fold repair) at 160x192x224: 7.7-9.7 million faults per
   call, 17-21 s -> 0.6-0.8 million, 9.8-10.8 s; peak resident set 3.3 -> 4.0 GiB;
-- 2D at 160x192, in a process that runs only inference (an evaluation): FNOReg small 1,300-2,400
-  faults per call in two of three processes, VoxelMorph vxm2 3,200-4,800 in two of three (its
-  time then 24-25 ms instead of 12 ms) -> none;
-- FNOReg small training step at 80x96, batch 8: 11,000 faults per step, 138-143 ms -> about 100,
-  132-135 ms (three pairs).
+- 2D at 160x192, in a process that runs only inference (an evaluation; three alternated pairs
+  on a noisy machine): FNOReg small 2,400 faults per call in two of three processes -> 0-16;
+  VoxelMorph vxm2 2,800-4,800 in all three, 24.7-26.2 ms -> none, 15.6-17.8 ms;
+- FNOReg small training step at 80x96, batch 8: 140-8,600 faults per step -> 1-120; the step
+  times (181-223 against 163-200 ms) were within that machine's noise.
 
 :func:`retain_freed_memory` stops glibc from mapping blocks of their own (``M_MMAP_MAX`` 0) and
 raises the trim threshold to 1 GiB. In the main thread, where PyTorch allocates the tensors of
