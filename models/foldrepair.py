@@ -27,7 +27,6 @@ instead (``replicate``), a folded corner voxel of the 3D demo still folded after
 zeros it was repaired in 7. Away from the border the two agree.
 """
 
-import torch
 import torch.nn.functional as F
 
 from utils.fields import check_field, jacobian_determinant
