@@ -138,8 +138,10 @@ class TrainingLoop:
                 # Read back to the host only every few steps: a GPU keeps running ahead meanwhile.
                 if step % 10 == 0 or step == len(order) - 1:
                     self._check_finite(bad, first_bad, epoch)
-                    n = device_sums["steps"].item()
-                    bar.set_postfix(loss=f"{device_sums['loss'].item() / n:.4g}")
+                    # Every rank is here at the same steps: the bar shows the whole batch's mean, as logged.
+                    shown = mean_over_ranks({"loss": float(device_sums["loss"]), "steps": float(device_sums["steps"])},
+                                            self.dist, self.device)
+                    bar.set_postfix(loss=f"{shown['loss'] / shown['steps']:.4g}")
                 bar.update(1)
         finally:
             bar.close()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -362,6 +363,10 @@ def test_ddp_two_processes_on_cpu(tmp_path, exp_root):
     assert meta["runs"][0]["status"] == "finished" and meta["runs"][0]["world_size"] == 2
     # The line that started the job, not one worker's.
     assert meta["runs"][0]["command"].startswith("torchrun --standalone --nproc_per_node=2 ")
+    # The progress bar's loss is the whole batch's, as logged, not rank 0's share.
+    history = json.loads((exp_root / "2d" / "exp1" / "history.json").read_text())
+    shown = re.findall(r"loss=([-+.\deE]+)", proc.stderr)
+    assert shown and shown[-1] == f"{history['train_loss'][-1]:.4g}", (shown, history["train_loss"])
     assert (exp_root / "2d" / "exp1" / "weights.pth").is_file()
 
 
