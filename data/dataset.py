@@ -100,7 +100,7 @@ class _PhantomSource:
     def __init__(self, cfg: dict, dim: int):
         self.params = cfg["phantom"]
         self.dim, self.scheme = dim, cfg["label_scheme"]
-        self.subjects = phantom.subject_ids(self.params["n_subjects"])
+        self.subjects = phantom.subject_ids(self.params["n_subjects"], self.params["seed"])
         self.where = "the phantom (data_config.phantom.n_subjects)"
         self.label_names = phantom.phantom_label_names(self.scheme)
 
@@ -190,7 +190,7 @@ def split_subjects(data_config: dict, dim: int, split: str) -> list[str]:
         root = Path(cfg["root"]).expanduser()
         subjects, where = oasis.read_subject_list(root), str(root / oasis.SUBJECT_LIST)
     else:
-        subjects, where = phantom.subject_ids(cfg["phantom"]["n_subjects"]), "the phantom"
+        subjects, where = phantom.subject_ids(cfg["phantom"]["n_subjects"], cfg["phantom"]["seed"]), "the phantom"
     return [subjects[i] for i in split_indices(cfg["splits"], split, len(subjects), where)]
 
 

@@ -110,9 +110,15 @@ def generate_phantom(indices, dim: int, shape=None, seed: int = 0,
     return images, _label_lut(scheme)[structures]
 
 
-def subject_ids(n_subjects: int) -> list[str]:
-    """Names of the phantom subjects, as written to ``subjects.txt``."""
-    return [f"PHANTOM_{i:04d}" for i in range(n_subjects)]
+def subject_ids(n_subjects: int, seed: int = 0) -> list[str]:
+    """Names of the phantom subjects, as written to ``subjects.txt``.
+
+    ``PHANTOM_0000``, ... for seed 0, ``PHANTOM_s<seed>_0000``, ... for any other seed: subject i
+    of one seed is not subject i of another, and written to disk they are told apart by name
+    (the check of evaluation subjects against training subjects compares folder names).
+    """
+    prefix = "PHANTOM_" if seed == 0 else f"PHANTOM_s{seed}_"
+    return [f"{prefix}{i:04d}" for i in range(n_subjects)]
 
 
 def write_phantom_dataset(out_dir, dim: int, n_subjects: int, shape=None, seed: int = 0) -> Path:
@@ -136,7 +142,7 @@ def write_phantom_dataset(out_dir, dim: int, n_subjects: int, shape=None, seed: 
 
     shape = _check(dim, shape)
     out_dir = Path(out_dir)
-    ids = subject_ids(n_subjects)
+    ids = subject_ids(n_subjects, seed)
     clash = [i for i in ids if (out_dir / i).exists()]
     if clash:
         raise UserError(f"{out_dir / clash[0]} already exists; choose an empty --out folder")

@@ -7,6 +7,7 @@ import torch
 
 from data import oasis
 from data.dataset import RegistrationSplit, load_split, load_splits, shared_subjects, split_subjects
+from data.phantom import write_phantom_dataset
 from utils.errors import ConfigError, DataError
 
 SMALL_PHANTOM = {"phantom": {"n_subjects": 12, "shape": [32, 40]}}
@@ -146,6 +147,13 @@ def test_shared_subjects(tiny2d, tmp_path):
         assert shared_subjects(a, "train", trained, "test", 2) == []  # other kinds of data
         # Unknown when a subject list cannot be read.
         assert shared_subjects({**a, "root": str(tmp_path / "gone")}, "train", b, "test", 2) is None
+        # Phantoms of two seeds written to disk are other subjects, and their folder names say so.
+        for seed in (0, 1):
+            write_phantom_dataset(tmp_path / f"seed{seed}", 2, 4, shape=(16, 20), seed=seed)
+        on_disk = [{"dataset": "oasis", "root": str(tmp_path / f"seed{seed}"),
+                    "splits": {"train": [0, 1], "val": [2, 2], "test": [0, 3]}} for seed in (0, 1)]
+        assert shared_subjects(on_disk[0], "train", on_disk[1], "test", 2) == []
+        assert shared_subjects(on_disk[0], "train", on_disk[0], "test", 2) == ["PHANTOM_0000", "PHANTOM_0001"]
 
 
 def test_3d_oasis(tiny3d):

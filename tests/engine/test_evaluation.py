@@ -177,7 +177,7 @@ def test_errors_are_one_line(exp_root, capsys):
 def test_identity_model_equals_initial_metrics_and_unlabelled_pairs(tmp_path, monkeypatch):
     monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", str(tmp_path / "experiments"))
     root = write_phantom_dataset(tmp_path / "oasis", 2, 4, shape=[32, 40], seed=2)
-    (root / "PHANTOM_0003" / "slice_seg24.nii.gz").unlink()  # subject 3 has no label map
+    (root / "PHANTOM_s2_0003" / "slice_seg24.nii.gz").unlink()  # subject 3 has no label map
     data_config = {"dataset": "oasis", "root": str(root), "splits": {"train": None, "val": None, "test": [0, 3]}}
     exp_num, folder = save_untrained_experiment(2, data_config)
     (summary,) = evaluate_experiment(2, exp_num, gpu_num=-1, progress=False, n_panels=1)
@@ -193,8 +193,8 @@ def test_identity_model_equals_initial_metrics_and_unlabelled_pairs(tmp_path, mo
     out = folder / "eval" / "final_32"
     pairs = read_csv(out / "per_pair.csv")
     unlabelled = [r for r in pairs if r["has_labels"] == "0"]
-    assert {(r["moving"], r["fixed"]) for r in unlabelled} == {("PHANTOM_0002", "PHANTOM_0003"),
-                                                             ("PHANTOM_0003", "PHANTOM_0002")}
+    assert {(r["moving"], r["fixed"]) for r in unlabelled} == {("PHANTOM_s2_0002", "PHANTOM_s2_0003"),
+                                                             ("PHANTOM_s2_0003", "PHANTOM_s2_0002")}
     assert all(r["dice"] == "nan" and r["hd95"] == "nan" and float(r["sdlogj"]) == 0 for r in unlabelled)
     labelled = [r for r in pairs if r["has_labels"] == "1"]
     assert all(r["dice"] == r["initial_dice"] for r in labelled)
