@@ -86,7 +86,7 @@ class TrainingLoop:
     ``device``, ``train`` and ``val`` (:class:`engine.batches.DeviceSplit`), ``loss_fn``,
     ``label_ids``, ``model``, ``net``, ``optimizer``, ``scheduler``, ``history``,
     ``start_epoch``, ``start_step``, ``partial_sums``, ``folder``, ``exp_num``, ``run_index``,
-    ``writer``, ``n_params``, ``train_shape``, ``_gather_rng()`` and ``_state(epoch, step, sums, rank_rng)``.
+    ``writer``, ``n_params``, ``train_shape``, ``_gather_rng()`` and ``_state(epoch, rank_rng, step, sums)``.
     """
 
     # ----------------------------------------------------------------------------- steps
@@ -312,7 +312,7 @@ class TrainingLoop:
                         # An interruption's checkpoint of this epoch (part of it) becomes the whole epoch's.
                         if (epoch % tc["ckpt_freq"] == 0 or epoch == tc["epochs"]
                                 or checkpoint_path(self.folder, epoch).exists()):
-                            save_checkpoint(self.folder, epoch, self._state(epoch, rank_rng=rank_rng))
+                            save_checkpoint(self.folder, epoch, self._state(epoch, rank_rng))
                     barrier(self.dist)
                     first_step, sums = 0, None
                 if self.main:
@@ -344,10 +344,10 @@ class TrainingLoop:
         if self.main:
             # done_steps == 0: nothing of this epoch ran, so this is the state after epoch - 1.
             if done_steps == 0:
-                path = save_checkpoint(self.folder, epoch - 1, self._state(epoch - 1, rank_rng=rank_rng))
+                path = save_checkpoint(self.folder, epoch - 1, self._state(epoch - 1, rank_rng))
                 resume_epoch = epoch - 1
             else:
-                path = save_checkpoint(self.folder, epoch, self._state(epoch - 1, done_steps, sums, rank_rng))
+                path = save_checkpoint(self.folder, epoch, self._state(epoch - 1, rank_rng, done_steps, sums))
                 resume_epoch = epoch
             print(f"interrupted: saved {path} ({done_steps} steps of epoch {epoch} done); resume with "
                   f"--exp_num {self.exp_num} --ckpt_epoch {resume_epoch}", file=sys.stderr)

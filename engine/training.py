@@ -231,18 +231,14 @@ class Trainer(TrainingLoop):
             self.partial_sums["folding_penalty"] = self.partial_sums.pop("folding")
         return restored
 
-    @staticmethod
-    def _rng_state():
-        return {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
     def _gather_rng(self):
         """Every process's random streams, in rank order; every rank calls it before a save."""
-        return gather_object(self._rng_state(), self.dist)
+        own = {"torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        return gather_object(own, self.dist)
 
-    def _state(self, epoch, step=0, epoch_sums=None, rank_rng=None):
-        """The checkpoint; ``rank_rng``: :meth:`_gather_rng`'s list (default: this process's alone)."""
-        rank_rng = rank_rng if rank_rng is not None else [self._rng_state()]
+    def _state(self, epoch, rank_rng, step=0, epoch_sums=None):
+        """The checkpoint; ``rank_rng``: :meth:`_gather_rng`'s list, every process's streams."""
         return {
             "model": self.model.state_dict(),
             "model_name": self.config["model_name"],
