@@ -23,7 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.errors import ShapeError
-from utils.fields import check_field, check_spatial, to_normalised_units, to_pixel_units  # noqa: F401 (re-exported)
+from utils.fields import check_field, check_spatial, to_normalised_units, to_pixel_units
+
+# The unit conversions are re-exported: a warp's users need them next to it.
+__all__ = ["identity_grid", "sampling_grid", "warp", "SpatialTransformer", "to_normalised_units", "to_pixel_units"]
 
 _MODES = {"linear": "bilinear", "bilinear": "bilinear", "trilinear": "bilinear", "nearest": "nearest"}
 

@@ -30,12 +30,6 @@ TINY = {
 }
 
 
-@pytest.fixture()
-def exp_root(tmp_path, monkeypatch):
-    monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", str(tmp_path / "experiments"))
-    return tmp_path / "experiments"
-
-
 def write_config(tmp_path, **changes):
     cfg = json.loads(json.dumps(TINY))
     for section, values in changes.items():

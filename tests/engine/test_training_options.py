@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine.train_loop import TrainingLoop
-from tests.engine.test_training import exp_root, train, weights, write_config  # noqa: F401  (fixture)
+from tests.engine.test_training import train, weights, write_config
 
 
 def test_multires_training_records_its_largest_shape_and_resumes_exactly(tmp_path, exp_root, monkeypatch):
