@@ -429,6 +429,11 @@ def evaluate_main(dim, argv=None):
     if s.get("training_subjects_in_split"):
         print(f"warning: {s['training_subjects_in_split']} subject(s) of the {s['split']} split were trained on; "
               "these scores are not held out")
+    broken = {x["eval_size"]: x["n_pairs_nonfinite_field"] for x in summaries if x.get("n_pairs_nonfinite_field")}
+    if broken:
+        print("warning: the model produced non-finite displacements (NaN or inf) for " +
+              ", ".join(f"{n} pair(s) at size {size}" for size, n in broken.items()) +
+              "; their pixels count as folded and the SDlogJ mean is left empty")
     unlabelled = s["n_pairs_without_labels"]
     if unlabelled:
         print(f"note: {unlabelled} of {s['n_pairs']} pairs have no label maps; Dice and HD95 average the other "

@@ -12,6 +12,8 @@ Conventions
   (``torch.gradient``).
 - SDlogJ is the standard deviation of ``log(clamp(J, 1e-9))`` over all pixels, so folded
   pixels count as very negative log-Jacobians instead of being dropped (as in Learn2Reg).
+- A non-finite determinant (a diverged field: NaN or infinite displacements) counts as folded,
+  and makes that pair's SDlogJ NaN: a broken field must not look fold-free.
 """
 
 import numpy as np
@@ -75,15 +77,20 @@ def mean_dice(a, b, label_ids):
 
 
 def folding_percent(flow=None, jacobian=None):
-    """Percentage of pixels/voxels with a negative Jacobian determinant, per pair: (B,)."""
+    """Percentage of pixels/voxels whose Jacobian determinant is negative or not finite, per pair: (B,).
+
+    A NaN determinant compares false with everything, so a diverged field would otherwise score
+    0 % folding; here every non-finite pixel counts as folded.
+    """
     jac = jacobian_determinant(flow) if jacobian is None else jacobian
-    return (jac < 0).flatten(1).double().mean(1) * 100.0
+    return ((jac < 0) | ~torch.isfinite(jac)).flatten(1).double().mean(1) * 100.0
 
 
 def sdlogj(flow=None, jacobian=None, floor=1e-9):
     """Standard deviation of the log Jacobian determinant, per pair: (B,).
 
-    Determinants below ``floor`` (folds) are clamped to it before the logarithm.
+    Determinants below ``floor`` (folds) are clamped to it before the logarithm; a field with a
+    non-finite determinant gets NaN (undefined), which the reports count rather than drop.
     """
     jac = jacobian_determinant(flow) if jacobian is None else jacobian
     return torch.log(jac.double().clamp_min(floor)).flatten(1).std(1)

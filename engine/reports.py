@@ -3,6 +3,9 @@
 
 Means and standard deviations are over pairs; NaN (labels absent from both maps, pairs without
 label maps) is left out, and a statistic with no finite value is null in JSON and ``nan`` in CSV.
+SDlogJ is the exception: it is NaN only for a field with non-finite values (a diverged model), so
+its mean is null when any pair has one, and ``n_pairs_nonfinite_field`` counts those pairs (their
+folding counts every non-finite pixel as folded).
 """
 
 import csv
@@ -18,13 +21,23 @@ RUN_KEYS = ("time_per_pair_s", "time_per_pair_std_s", "time_per_pair_median_s", 
             "git_commit", "versions")
 
 
-def _mean_std(values):
+def mean_std(values):
     """Mean and population std of the finite values; (None, None) when there are none (JSON null)."""
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
     if values.size == 0:
         return None, None
     return float(values.mean()), float(values.std())
+
+
+def _sdlogj_stats(values):
+    """(pairs with a non-finite field, mean, std) of per-pair SDlogJ; mean and std None if any.
+
+    SDlogJ is NaN only where the field itself is not finite; left out, those pairs would make the
+    mean look better than the run was.
+    """
+    broken = int((~np.isfinite(np.asarray(values, dtype=np.float64))).sum())
+    return (broken, None, None) if broken else (broken, *mean_std(values))
 
 
 def summarize(metrics, label_ids):
@@ -41,25 +54,25 @@ def summarize(metrics, label_ids):
     hd95 = PairMetrics.pair_score(metrics.hd95)[labelled]
     s = {"n_pairs": int(len(labelled)), "n_pairs_with_labels": int(labelled.sum()),
          "n_pairs_without_labels": int((~labelled).sum()), "n_labels": len(label_ids)}
-    s["initial_dice_mean"], s["initial_dice_std"] = _mean_std(initial)
-    s["dice_mean"], s["dice_std"] = _mean_std(after)
+    s["initial_dice_mean"], s["initial_dice_std"] = mean_std(initial)
+    s["dice_mean"], s["dice_std"] = mean_std(after)
     finite = after[np.isfinite(after)]  # the pairs dice_mean averages
     s["dice_median"] = float(np.median(finite)) if finite.size else None
-    s["folding_percent_mean"], s["folding_percent_std"] = _mean_std(metrics.folding)
-    s["sdlogj_mean"], s["sdlogj_std"] = _mean_std(metrics.sdlogj)
-    s["hd95_mean"], s["hd95_std"] = _mean_std(hd95)
+    s["folding_percent_mean"], s["folding_percent_std"] = mean_std(metrics.folding)
+    s["n_pairs_nonfinite_field"], s["sdlogj_mean"], s["sdlogj_std"] = _sdlogj_stats(metrics.sdlogj)
+    s["hd95_mean"], s["hd95_std"] = mean_std(hd95)
     s["hd95_units"] = HD95_UNITS
     if metrics.hd95_one_sided is not None:
         s["hd95_one_sided_labels"] = int(metrics.hd95_one_sided[labelled].sum())
-    s["time_per_pair_s"], s["time_per_pair_std_s"] = _mean_std(metrics.time_s)
+    s["time_per_pair_s"], s["time_per_pair_std_s"] = mean_std(metrics.time_s)
     s["time_per_pair_median_s"] = float(np.median(metrics.time_s)) if len(metrics.time_s) else None
     if metrics.network is not None:
         net = metrics.network
-        s["network"] = {"dice_mean": _mean_std(PairMetrics.pair_score(net["dice_after"])[labelled])[0],
-                        "dice_std": _mean_std(PairMetrics.pair_score(net["dice_after"])[labelled])[1],
-                        "folding_percent_mean": _mean_std(net["folding"])[0],
-                        "sdlogj_mean": _mean_std(net["sdlogj"])[0],
-                        "time_per_pair_s": _mean_std(net["time_s"])[0],
+        s["network"] = {"dice_mean": mean_std(PairMetrics.pair_score(net["dice_after"])[labelled])[0],
+                        "dice_std": mean_std(PairMetrics.pair_score(net["dice_after"])[labelled])[1],
+                        "folding_percent_mean": mean_std(net["folding"])[0],
+                        "sdlogj_mean": _sdlogj_stats(net["sdlogj"])[1],
+                        "time_per_pair_s": mean_std(net["time_s"])[0],
                         "notes": "the network's own field, before refinement; the main entries score the "
                                  "refined field and their time includes refinement"}
     s["notes"] = ("Dice and HD95 are means over the pairs with label maps; pair scores average the labels "
@@ -114,7 +127,7 @@ def write_per_label_csv(path, metrics, label_ids, label_names):
 
 
 def _nan_to_cells(values):
-    mean, std = _mean_std(values)
+    mean, std = mean_std(values)
     return (float("nan") if mean is None else mean), (float("nan") if std is None else std)
 
 

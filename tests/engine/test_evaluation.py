@@ -249,6 +249,17 @@ def test_summary_statistics_skip_the_same_pairs():
     json.dumps(s, allow_nan=False)  # valid JSON: no NaN anywhere
 
 
+def test_a_diverged_field_is_counted_not_dropped():
+    # Pair 1's field was NaN (a diverged model): folded everywhere, SDlogJ undefined (test_metrics).
+    metrics = PairMetrics(dice_before=np.zeros((2, 1)), dice_after=np.zeros((2, 1)), hd95=np.zeros((2, 1)),
+                          folding=np.array([0.0, 100.0]), sdlogj=np.array([0.0, np.nan]), time_s=np.ones(2),
+                          labelled=np.array([True, True]), hd95_one_sided=None)
+    s = summarize(metrics, [1])
+    assert s["n_pairs_nonfinite_field"] == 1 and s["folding_percent_mean"] == 50.0
+    assert s["sdlogj_mean"] is None and s["sdlogj_std"] is None  # not the healthy pair's 0 alone
+    json.dumps(s, allow_nan=False)
+
+
 # --------------------------------------------------------------------- issue 8: items 3, 4 and 8
 def spectral_layers(model):
     from models.spectral import SpectralConv

@@ -55,6 +55,17 @@ def test_dice_rejects_float_labels():
 
 
 @pytest.mark.parametrize("dim", [2, 3])
+def test_a_non_finite_field_counts_as_folded(dim):
+    # A NaN determinant compares false with 0: without care a diverged field scores 0 % folding.
+    flow = torch.zeros((3, dim) + (7,) * dim)
+    flow[1] = float("nan")
+    flow[(2, 0) + (3,) * dim] = float("inf")  # one pixel: its finite differences reach its neighbours
+    folding, logj = folding_percent(flow), sdlogj(flow)
+    assert folding[0] == 0 and folding[1] == 100 and 0 < folding[2] < 100
+    assert logj[0] == 0 and torch.isnan(logj[1:]).all()
+
+
+@pytest.mark.parametrize("dim", [2, 3])
 def test_identity_has_unit_jacobian_and_no_folds(dim):
     flow = torch.zeros((1, dim) + (9,) * dim)
     jac = jacobian_determinant(flow)
