@@ -11,7 +11,10 @@ Conventions
   ``(N_c - 1) / 2``, with central differences inside and one-sided ones at the border
   (``torch.gradient``).
 - SDlogJ is the standard deviation of ``log(clamp(J, 1e-9))`` over all pixels, so folded
-  pixels count as very negative log-Jacobians instead of being dropped (as in Learn2Reg).
+  pixels count as very negative log-Jacobians instead of being dropped. Not the scale of
+  Learn2Reg's evaluation script, which takes ``log(clip(J + 3, 1e-9, 1e9))`` (the shift by 3
+  keeps folds finite but compresses every value), so published Learn2Reg-style SDlogJ figures
+  are not comparable with these.
 - A non-finite determinant (a diverged field: NaN or infinite displacements) counts as folded,
   and makes that pair's SDlogJ NaN: a broken field must not look fold-free.
 """
