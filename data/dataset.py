@@ -71,6 +71,15 @@ class RegistrationSplit:
                             f"e.g. {self.missing_label_files[0]} is missing; add the files or "
                             f"choose a data_config.label_scheme the data provides")
 
+    def missing_labels_warning(self) -> str | None:
+        """A one-line warning when some subjects of the split have no label map, else None."""
+        if not self.missing_label_files:
+            return None
+        n = len(self.missing_label_files)
+        return (f"warning: {n} of {len(self.subjects)} subject(s) of the {self.name} split have no label map "
+                f"(e.g. {self.missing_label_files[0]}); Dice averages the pairs with label maps only "
+                "(data_config.require_labels: true makes this an error)")
+
     def __repr__(self) -> str:
         labelled = int(self.has_labels.sum())
         return (f"RegistrationSplit({self.name!r}, {len(self.subjects)} subjects, "
@@ -197,10 +206,11 @@ def split_subjects(data_config: dict, dim: int, split: str) -> list[str]:
 def shared_subjects(config_a: dict, split_a: str, config_b: dict, split_b: str, dim: int) -> list[str] | None:
     """Subjects that are in split ``split_a`` of ``config_a`` and in split ``split_b`` of ``config_b``.
 
-    A subject is the same subject when both configs name the same data: OASIS-layout folders
-    by subject folder name (wherever the folders are), phantoms by index under the same seed
-    (phantom subject i depends only on the seed and i, whatever the grid). Data of different
-    kinds, or phantoms of different seeds, share none.
+    Subjects are the same when their ids are: OASIS-layout folders by subject folder name
+    (wherever the folders are), phantoms by name, which holds the seed and the index
+    (:func:`data.phantom.subject_ids`; phantom subject i depends only on the seed and i, whatever
+    the grid). So a phantom generated in memory and the same phantom written to disk by
+    ``python -m data.phantom`` (read as an OASIS-layout folder) share their subjects.
 
     Returns
     -------
@@ -211,9 +221,6 @@ def shared_subjects(config_a: dict, split_a: str, config_b: dict, split_b: str, 
     with warnings.catch_warnings():  # overlapping ranges within one config were warned about on loading
         warnings.simplefilter("ignore")
         a, b = validate_data_config(config_a, dim), validate_data_config(config_b, dim)
-        if a["dataset"] != b["dataset"] or (a["dataset"] == "phantom"
-                                            and a["phantom"]["seed"] != b["phantom"]["seed"]):
-            return []
         try:
             first = set(split_subjects(a, dim, split_a))
             second = split_subjects(b, dim, split_b)

@@ -356,6 +356,9 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
     if leaked:
         print(f"warning: {len(leaked)} subject(s) of the {split} split are training subjects of experiment "
               f"{exp_num} (e.g. {leaked[0]}); its scores are not held out", file=sys.stderr)
+    elif leaked is None:  # e.g. the training data's folder moved: say so rather than pass silently
+        print(f"note: the training subjects of experiment {exp_num} cannot be listed (data_config in "
+              f"{folder / 'config.json'}); the {split} split was not checked for them", file=sys.stderr)
     if batch_size is not None and batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {batch_size}")
     if refine < 0 or not refine_lr > 0:

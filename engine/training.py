@@ -68,6 +68,10 @@ class Trainer(TrainingLoop):
 
         # Validate the data before any folder is created, so a bad path leaves nothing behind.
         splits = load_splits(self.config["data_config"], dim, ("train", "val"))
+        for split in splits.values():
+            warning = split.missing_labels_warning()
+            if warning and self.main:
+                print(warning, file=sys.stderr)
         # A split with fewer pairs than batch_size trains in batches of all its pairs (epoch_order):
         # each process must still get an equal share, or DDP would weight some pairs more.
         batch = min(tc["batch_size"], len(splits["train"].pairs))

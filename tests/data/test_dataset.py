@@ -90,7 +90,9 @@ def test_subject_without_labels(tiny2d):
     assert split.missing_label_files == [str(tiny2d / "SUBJ_001" / "slice_seg24.nii.gz")]
     with pytest.raises(DataError, match="SUBJ_001/slice_seg24.nii.gz is missing"):
         split.require_labels()
+    assert "1 of 3 subject(s) of the train split have no label map" in split.missing_labels_warning()
     load_split(cfg, 2, "val").require_labels()  # a fully labelled split passes
+    assert load_split(cfg, 2, "val").missing_labels_warning() is None
     with pytest.raises(DataError, match="SUBJ_001/slice_seg24.nii.gz"):
         load_split({**cfg, "require_labels": True}, 2, "train")
 
@@ -154,6 +156,11 @@ def test_shared_subjects(tiny2d, tmp_path):
                     "splits": {"train": [0, 1], "val": [2, 2], "test": [0, 3]}} for seed in (0, 1)]
         assert shared_subjects(on_disk[0], "train", on_disk[1], "test", 2) == []
         assert shared_subjects(on_disk[0], "train", on_disk[0], "test", 2) == ["PHANTOM_0000", "PHANTOM_0001"]
+        # A phantom in memory and the same phantom on disk are the same subjects (and another seed's are not).
+        in_memory = phantom(0, {"train": [0, 1], "val": [2, 2], "test": [3, 3]}, n=4)
+        assert shared_subjects(in_memory, "train", on_disk[0], "test", 2) == ["PHANTOM_0000", "PHANTOM_0001"]
+        assert shared_subjects(on_disk[0], "train", in_memory, "val", 2) == []
+        assert shared_subjects(on_disk[1], "train", {**in_memory, "splits": on_disk[1]["splits"]}, "test", 2) == []
 
 
 def test_3d_oasis(tiny3d):

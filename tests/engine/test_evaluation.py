@@ -377,6 +377,22 @@ def test_config_file_whose_split_holds_training_subjects_is_flagged(tmp_path, mo
     assert json.loads((tagged / "summary.json").read_text())["training_subjects_in_split"] == 2
 
 
+def test_training_subjects_that_cannot_be_listed_are_reported(tmp_path, monkeypatch, capsys):
+    # The training data's folder has moved: the experiment's own subject list is gone.
+    monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", str(tmp_path / "experiments"))
+    root = write_phantom_dataset(tmp_path / "old", 2, 9, shape=[32, 40], seed=0)
+    data = {"dataset": "oasis", "root": str(root), "splits": PHANTOM[2]["splits"]}
+    exp_num, folder = save_untrained_experiment(2, data)
+    root.rename(tmp_path / "new")
+    other = tmp_path / "moved.json"
+    other.write_text(json.dumps({"model_name": "fnoreg", "model_config": MODEL[2],
+                                 "data_config": {**data, "root": str(tmp_path / "new")}}))
+    assert evaluate(2, "--exp_num", str(exp_num), "--n_panels", "0", "--config_file", str(other)) == 0
+    assert "the test split was not checked for them" in capsys.readouterr().err
+    (tagged,) = [p for p in (folder / "eval").iterdir() if p.name.startswith("final_32_new-")]
+    assert json.loads((tagged / "summary.json").read_text())["training_subjects_in_split"] is None
+
+
 def test_refine_reports_network_and_refined_scores_in_its_own_folder(exp_root, capsys):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FNOREG_EXPERIMENTS_DIR", str(exp_root))

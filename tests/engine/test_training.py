@@ -414,7 +414,7 @@ def test_logged_lr_is_the_one_the_epoch_trained_with(tmp_path, exp_root):
 
 
 @pytest.mark.parametrize("unlabelled", [[6], [4, 5, 6, 7]], ids=["mixed", "none-labelled"])
-def test_validation_with_unlabelled_pairs(tmp_path, exp_root, unlabelled):
+def test_validation_with_unlabelled_pairs(tmp_path, exp_root, unlabelled, capsys):
     from data.phantom import write_phantom_dataset
 
     root = write_phantom_dataset(tmp_path / "data", 2, 8, shape=[32, 40], seed=0)
@@ -428,6 +428,8 @@ def test_validation_with_unlabelled_pairs(tmp_path, exp_root, unlabelled):
                                                                             "test": None}}
     Path(cfg).write_text(json.dumps(raw))
     assert train("--config_file", cfg) == 0
+    # Said once, before training: validation Dice covers the labelled pairs only.
+    assert f"{len(unlabelled)} of 4 subject(s) of the val split have no label map" in capsys.readouterr().err
     history = json.loads((exp_root / "2d" / "exp1" / "history.json").read_text())
     assert len(history["val_loss"]) == 1 and len(history["val_folding"]) == 1
     if len(unlabelled) == 1:
