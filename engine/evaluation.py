@@ -351,6 +351,13 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
         where = config_path or folder / "config.json"
         raise ConfigError(f"experiment {exp_num} has no {split} split (data_config.splits.{split} is null in "
                           f"{where}); set an index range there or evaluate another --split")
+    # Images are downsampled as in training, whatever another data_config says: the model's input
+    # preparation belongs to the experiment, not to the data.
+    antialias = config["data_config"]["antialias"]
+    if data_config["antialias"] != antialias:
+        print(f"notice: antialias {str(data_config['antialias']).lower()} in {config_path} is not used; images "
+              f"are resized as experiment {exp_num} was trained (antialias {str(antialias).lower()})",
+              file=sys.stderr)
     # Another data_config may move the evaluated split over the subjects the model was trained on.
     leaked = shared_subjects(config["data_config"], "train", data_config, split, dim)
     if leaked:
@@ -379,6 +386,7 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
                "dataset": data_config["dataset"], "data_root": data_config["root"],
                "label_scheme": data_config["label_scheme"], "data_tag": tag, "config_file": config_path,
                "data_config": data_config, "training_subjects_in_split": None if leaked is None else len(leaked),
+               "antialias": antialias,
                "device": str(device), "versions": xp.software_versions(), "git_commit": xp.git_commit(),
                "refine_steps": refine, "refine_lr": refine_lr if refine else None,
                "fold_repair_override": info.get("fold_repair_override")}
@@ -396,7 +404,7 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
     for size, shape in shapes:
         out_dir = output_folder(folder, info["checkpoint"], size, split, tag, score_on, refine, fold_repair)
         summaries.append(evaluate_at(model, data, size, shape, out_dir, context, batch_size, n_panels, progress,
-                                     data_config["antialias"], score_on, refiner if refine else None))
+                                     antialias, score_on, refiner if refine else None))
         if progress:
             print(f"wrote {out_dir}", file=sys.stderr)
     return summaries

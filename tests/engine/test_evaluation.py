@@ -393,6 +393,29 @@ def test_training_subjects_that_cannot_be_listed_are_reported(tmp_path, monkeypa
     assert json.loads((tagged / "summary.json").read_text())["training_subjects_in_split"] is None
 
 
+def test_images_are_resized_as_the_experiment_was_trained(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", str(tmp_path / "experiments"))
+    exp_num, folder = save_untrained_experiment(2, PHANTOM[2])  # antialias false (the default)
+    other = tmp_path / "antialiased.json"
+    other.write_text(json.dumps({"model_name": "fnoreg", "model_config": MODEL[2],
+                                 "data_config": {**PHANTOM[2], "antialias": True}}))
+    import engine.evaluation as ev
+
+    used = []
+    original = ev.DeviceSplit
+
+    def recording(split, shape, device, antialias=False, **kwargs):
+        used.append(antialias)
+        return original(split, shape, device, antialias, **kwargs)
+
+    monkeypatch.setattr(ev, "DeviceSplit", recording)
+    args = ("--exp_num", str(exp_num), "--n_panels", "0", "--size", "16")
+    assert evaluate(2, *args, "--config_file", str(other)) == 0
+    assert f"antialias true in {other} is not used" in capsys.readouterr().err
+    (tagged,) = (folder / "eval").iterdir()
+    assert used == [False] and json.loads((tagged / "summary.json").read_text())["antialias"] is False
+
+
 def test_refine_reports_network_and_refined_scores_in_its_own_folder(exp_root, capsys):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FNOREG_EXPERIMENTS_DIR", str(exp_root))
