@@ -15,6 +15,7 @@ the file and says what to do.
 from __future__ import annotations
 
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -136,6 +137,9 @@ def read_labels(path, dim: int, scheme: str) -> np.ndarray:
     if lo < 0 or hi > top:
         raise DataError(f"{path} has label values {lo}..{hi} outside 0..{top} of {scheme}; is "
                         f"data_config.label_scheme right for this file?")
+    if hi == 0:  # counts as labelled: every pair with it would score Dice 0, without a word
+        warnings.warn(f"{path} holds background only (no label of {scheme}); every pair with this subject "
+                      "scores Dice 0 on the other map's labels. Is the file damaged?", stacklevel=2)
     return arr.astype(np.int16)
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from data import oasis
+from tests.data.conftest import TINY_SHAPE
 from utils.errors import DataError
 
 
@@ -52,6 +53,13 @@ def test_missing_label_file_gives_no_labels(tiny2d):
     assert "SUBJ_001/slice_seg24.nii.gz" in msg and "require_labels" in msg
 
 
+def test_a_label_map_of_background_only_is_warned_about(tiny2d, save):
+    save(tiny2d / "SUBJ_001" / "slice_seg24.nii.gz", np.zeros(TINY_SHAPE[2] + (1,)))
+    with pytest.warns(UserWarning, match="SUBJ_001/slice_seg24.nii.gz holds background only"):
+        _, labels, missing = oasis.read_subjects(tiny2d, ["SUBJ_000", "SUBJ_001"], 2, "seg24")
+    assert missing == [None, None]  # still a label map: the warning is what tells
+
+
 def test_missing_root_and_subject_list(tmp_path):
     msg = _error(oasis.read_subject_list, tmp_path / "nowhere")
     assert "nowhere" in msg and "data_config.root" in msg
@@ -93,7 +101,7 @@ def test_wrong_shapes(tmp_path, make_subject):
 
 def test_label_shape_must_match_image(tmp_path, make_subject, save):
     make_subject(tmp_path, "A", 2, schemes=())
-    save(tmp_path / "A" / "slice_seg24.nii.gz", np.zeros((16, 18, 1)))
+    save(tmp_path / "A" / "slice_seg24.nii.gz", np.ones((16, 18, 1)))
     msg = _error(oasis.read_subjects, tmp_path, ["A"], 2, "seg24")
     assert "A/slice_seg24.nii.gz" in msg and "(16, 18)" in msg
 
