@@ -73,6 +73,11 @@ def validate_train_config(given):
             raise ConfigError(f"train_config.{key} must be non-negative, got {cfg[key]}")
     if cfg["similarity"] not in ("mse", "ncc"):
         raise ConfigError(f"train_config.similarity must be 'mse' or 'ncc', got {cfg['similarity']!r}")
+    if cfg["ncc_window"] % 2 == 0:
+        raise ConfigError(f"train_config.ncc_window must be odd (a window centred on its pixel), got {cfg['ncc_window']}")
+    # A negative max norm would flip every gradient: training would climb the loss without a word.
+    if cfg["grad_clip"] is not None and cfg["grad_clip"] <= 0:
+        raise ConfigError(f"train_config.grad_clip must be positive or null (no clipping), got {cfg['grad_clip']}")
     cfg["multires"] = validate_multires(cfg["multires"])
     if cfg["multires"] is not None and cfg["size"] is not None and cfg["size"] != cfg["multires"]["max_size"]:
         raise ConfigError(f"train_config.size ({cfg['size']}) and multires.max_size ({cfg['multires']['max_size']}) "
@@ -87,7 +92,19 @@ def validate_train_config(given):
             )
         rest = {k: v for k, v in schedule.items() if k != "type"}
         cfg["lr_schedule"] = {"type": kind, **validate_section(rest, SCHEDULE_SCHEMA[kind], "train_config.lr_schedule")}
+        _check_schedule(cfg["lr_schedule"], cfg["lr"])
     return cfg
+
+
+def _check_schedule(spec, lr):
+    """Values a schedule needs to keep the learning rate positive (a negative one ascends the loss)."""
+    where = f"train_config.lr_schedule ({spec['type']})"
+    if "gamma" in spec and not spec["gamma"] > 0:
+        raise ConfigError(f"{where}: gamma must be positive, got {spec['gamma']}")
+    if "step_size" in spec and spec["step_size"] < 1:
+        raise ConfigError(f"{where}: step_size must be at least 1 epoch, got {spec['step_size']}")
+    if "min_lr" in spec and not 0 <= spec["min_lr"] <= lr:
+        raise ConfigError(f"{where}: min_lr must lie in [0, lr = {lr}], got {spec['min_lr']}")
 
 
 def build_optimizer(parameters, lr):

@@ -38,6 +38,13 @@ def test_shipped_configs_validate(path):
         ({"train_config": {"similarity": "l2"}}, "train_config.similarity"),
         ({"train_config": {"lr_schedule": {"type": "warm"}}}, "lr_schedule.type"),
         ({"train_config": {"lr_schedule": {"type": "step"}}}, "lr_schedule.step_size is required"),
+        # Values that would make training climb the loss or crash after an epoch.
+        ({"train_config": {"grad_clip": -1}}, "grad_clip must be positive or null"),
+        ({"train_config": {"ncc_window": 8}}, "ncc_window must be odd"),
+        ({"train_config": {"lr_schedule": {"type": "step", "step_size": 1, "gamma": -1}}}, "gamma must be positive"),
+        ({"train_config": {"lr_schedule": {"type": "step", "step_size": 0}}}, "step_size must be at least 1"),
+        ({"train_config": {"lr_schedule": {"type": "exponential", "gamma": 0}}}, "gamma must be positive"),
+        ({"train_config": {"lr_schedule": {"type": "cosine", "min_lr": -1e-5}}}, r"min_lr must lie in \[0, lr"),
         ({"model_config": {"preset": "3d"}}, "is 3D"),
         ({"model_name": "unet"}, "unknown model_name"),
         ({"dim": 3}, "use train_3d.py"),
