@@ -21,6 +21,7 @@ validated by :func:`engine.config.resolve_config` before anything is written.
 import copy
 import itertools
 import json
+import secrets
 from pathlib import Path
 
 from engine import experiment as xp
@@ -143,9 +144,15 @@ def describe(assignments):
     return ", ".join(f"{k}={json.dumps(v)}" for k, v in assignments.items())
 
 
-def point_tag(dim, sweep, index):
-    """Text put in a point's experiment description; also how a lost experiment number is found again."""
-    return f"[sweep {dim}d/{sweep} point {index}:"
+def point_tag(dim, sweep, index, token=None):
+    """Text put in a point's experiment description; also how a lost experiment number is found again.
+
+    ``token``, random hex digits drawn when the sweep is created (``sweep.json``), tells this
+    sweep from an earlier one of the same number: sweep numbers start again at 1 when the sweeps
+    folder is deleted but the experiments are kept. Sweeps written before it have none.
+    """
+    name = f"{dim}d/{sweep}" + (f"#{token}" if token else "")
+    return f"[sweep {name} point {index}:"
 
 
 def build_points(base, dim, grid, fixed=None):
@@ -258,15 +265,16 @@ def create_sweep(spec, points):
             number += 1
     (folder / "configs").mkdir()
     (folder / "points").mkdir()
+    token = secrets.token_hex(4)
     entries = []
     for point in points:
         config = copy.deepcopy(point["config"])
-        tag = point_tag(dim, number, point["index"])
+        tag = point_tag(dim, number, point["index"], token)
         config["description"] = f"{config['description']} {tag} {describe(point['params'])}]".strip()
         path = folder / "configs" / f"point{point['index']}.json"
         write_json(path, config)
         entries.append({"index": point["index"], "params": point["params"], "config": str(path.relative_to(folder))})
-    sweep = {"sweep": number, **spec, "points": entries, "created": xp.now()}
+    sweep = {"sweep": number, "token": token, **spec, "points": entries, "created": xp.now()}
     write_json(folder / "sweep.json", sweep)
     return sweep
 

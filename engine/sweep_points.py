@@ -69,7 +69,7 @@ def find_experiment(sweep, index):
     """Experiment number of point ``index`` (recorded, else found by its tag), or None."""
     dim, folder = sweep["dim"], sweep_dir(sweep["dim"], sweep["sweep"])
     root = xp.experiments_root(dim)
-    tag = point_tag(dim, sweep["sweep"], index)
+    tag = point_tag(dim, sweep["sweep"], index, sweep.get("token"))
 
     def tagged(number):
         # A deleted experiment's number is given to the next new one: the tag says whose it is.

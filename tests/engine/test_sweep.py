@@ -104,13 +104,26 @@ def test_each_point_is_a_numbered_experiment_evaluated_on_val(swept):
         config = json.loads((folder / "config.json").read_text())
         assert config["train_config"]["reg_param"] == sweep["points"][k]["params"]["reg_param"]
         assert config["train_config"]["epochs"] == 2  # the --set override
-        assert f"[sweep 2d/1 point {k}:" in config["description"]
+        assert f"[sweep 2d/1#{sweep['token']} point {k}:" in config["description"]
         assert (folder / "weights.pth").is_file() and list_checkpoint_epochs(folder) == [1, 2]
         summary = sweep_points.find_val_summary(folder)
         assert summary["split"] == "val" and summary["checkpoint"] == "final"
         record = json.loads((root / "2d" / "sweeps" / "sweep1" / "points" / f"point{k}.json").read_text())
         assert record["exp_num"] == exp and record["status"] == "done"
         assert record["metrics"]["dice_mean"] == pytest.approx(summary["dice_mean"])
+
+
+def test_a_later_sweep_of_the_same_number_does_not_take_this_ones_experiments(swept, tmp_path, monkeypatch):
+    # Sweep numbers start again at 1 when the sweeps folder is deleted and the experiments kept.
+    root, _ = swept
+    copy = tmp_path / "exps"
+    shutil.copytree(root, copy)
+    monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", str(copy))
+    sweep = json.loads((copy / "2d" / "sweeps" / "sweep1" / "sweep.json").read_text())
+    assert sweep_points.find_experiment(sweep, 1) == 2
+    shutil.rmtree(copy / "2d" / "sweeps")
+    for token in ("0badc0de", None):  # a new sweep 1, and one written before sweeps had a token
+        assert sweep_points.find_experiment({**sweep, "token": token}, 1) is None
 
 
 def test_a_points_result_is_its_own_networks_plain_evaluation(swept, tmp_path):
