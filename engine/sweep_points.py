@@ -9,7 +9,8 @@ resume   an experiment without final weights: resumed from its last checkpoint
          (``--exp_num N --ckpt_epoch E``), or restarted when it has none
 trained  final weights but no validation evaluation: evaluated on the validation split
 done     a validation ``summary.json`` newer than the weights: its metrics are collected
-failed   training diverged (the run is marked failed): left alone, reported as failed
+failed   training diverged (the run is marked diverged): left alone, reported as failed. A run
+         that crashed (marked failed: out of memory, a lost device) is resumed like any other
 running  another live process works on it (its lock file), or, for an experiment started outside
          the sweep, its run is marked running and its folder changed in the last 10 minutes
 ======== ===================================================================================
@@ -204,13 +205,17 @@ def point_state(sweep, index, takeover=False):
     if (exp_folder / "weights.pth").is_file():
         return {**state, "status": "trained"}
     last = _last_run(exp_folder)
-    if last.get("status") == "failed":
-        return {**state, "status": "failed", "detail": last.get("message") or "training failed"}
+    # Runs before the "diverged" status marked a divergence "failed", with the loss in the message.
+    if last.get("status") == "diverged" or (last.get("status") == "failed"
+                                            and "non-finite training loss" in (last.get("message") or "")):
+        return {**state, "status": "failed", "detail": last.get("message") or "training diverged"}
     if last.get("status") == "running" and lock is None and not takeover and (
             last.get("host") != socket.gethostname() or _recently_changed(exp_folder)):
         return {**state, "status": "running", "detail": f"experiment {exp_num} is training on {last.get('host')}"}
     epochs = list_checkpoint_epochs(exp_folder)
     detail = f"from epoch {epochs[-1]}" if epochs else "no checkpoint: restarted"
+    if last.get("status") == "failed":
+        detail += f", after a crash ({last.get('message') or 'no message'})"
     return {**state, "status": "resume", "detail": detail}
 
 

@@ -325,11 +325,15 @@ class TrainingLoop:
             last = list_checkpoint_epochs(self.folder)
             kept = f"the last good checkpoint is epoch {last[-1]}" if last else "no checkpoint was written yet"
             message = f"{exc}; training stopped ({kept}). Lower train_config.lr or check the data."
+            status = "diverged"  # not "failed": a rerun would diverge again, a crashed one may not
             if self.main:
                 print(f"error: {message}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             status, message = "interrupted", "aborted by a second Ctrl-C without saving"
+            raise
+        except Exception as exc:  # a crash (out of memory, a lost device, ...): marked failed, resumable
+            message = f"{type(exc).__name__}: {exc}"
             raise
         finally:
             if self.main:

@@ -216,6 +216,30 @@ def test_rerun_evaluates_resumes_and_finds_lost_numbers(swept, monkeypatch):
         assert record["exp_num"] == exp and record["status"] == "done" and record["metrics"]["dice_mean"] is not None
 
 
+def test_a_crashed_point_resumes_and_a_diverged_one_is_left_alone(swept, tmp_path, monkeypatch):
+    root, _ = swept
+    copy = tmp_path / "exps"
+    shutil.copytree(root, copy)
+    monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", str(copy))
+    sweep = json.loads((copy / "2d" / "sweeps" / "sweep1" / "sweep.json").read_text())
+    exp2 = copy / "2d" / "exp2"
+    (exp2 / "weights.pth").unlink()
+    shutil.rmtree(exp2 / "eval")
+    meta_path = exp2 / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    for status, message, expected in [
+        ("failed", "OutOfMemoryError: CUDA out of memory", "resume"),  # a crash: try again
+        ("diverged", "non-finite training loss at epoch 2, step 1; training stopped", "failed"),
+        ("failed", "non-finite training loss at epoch 2, step 1; training stopped", "failed"),  # written before "diverged"
+    ]:
+        meta["runs"][-1].update(status=status, message=message)
+        meta_path.write_text(json.dumps(meta))
+        state = sweep_points.point_state(sweep, 1)
+        assert state["status"] == expected, (status, message)
+        if expected == "resume":
+            assert state["detail"] == "from epoch 2, after a crash (OutOfMemoryError: CUDA out of memory)"
+
+
 def test_a_live_lock_marks_a_point_running(swept, monkeypatch):
     root, _ = swept
     monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", str(root))

@@ -303,8 +303,21 @@ def test_nan_loss_stops_with_message(tmp_path, exp_root, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "non-finite training loss at epoch 1" in err
     meta = json.loads((exp_root / "2d" / "exp1" / "metadata.json").read_text())
-    assert meta["runs"][-1]["status"] == "failed"
+    assert meta["runs"][-1]["status"] == "diverged"
     assert not (exp_root / "2d" / "exp1" / "weights.pth").exists()
+
+
+def test_a_crash_marks_the_run_failed_with_its_error(tmp_path, exp_root, monkeypatch):
+    from losses import registration
+
+    def crash(self, *args, **kwargs):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(registration.RegistrationLoss, "__call__", crash)
+    with pytest.raises(RuntimeError, match="device lost"):
+        train("--config_file", write_config(tmp_path))
+    run = json.loads((exp_root / "2d" / "exp1" / "metadata.json").read_text())["runs"][-1]
+    assert run["status"] == "failed" and run["message"] == "RuntimeError: device lost"
 
 
 @pytest.mark.parametrize(
@@ -639,7 +652,7 @@ def test_ddp_nan_on_one_rank_stops_every_rank_and_loss_is_over_all_ranks(tmp_pat
     assert proc.returncode != 0
     assert "error: non-finite training loss at epoch 2, a step on another rank" in proc.stderr, proc.stderr[-3000:]
     meta = json.loads((exp_root / "2d" / "exp1" / "metadata.json").read_text())
-    assert meta["runs"][0]["status"] == "failed" and "non-finite" in meta["runs"][0]["message"]
+    assert meta["runs"][0]["status"] == "diverged" and "non-finite" in meta["runs"][0]["message"]
     ddp = json.loads((exp_root / "2d" / "exp1" / "history.json").read_text())
 
     # The logged epoch-1 loss is the mean over both ranks' pairs: what one process with both pairs logs.
