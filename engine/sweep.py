@@ -324,6 +324,11 @@ def sweep_main(argv=None):
         raise UserError("--only_point runs one point in this process; drop --gpus (use --gpu_num)")
     if args.dice_tol < 0:
         raise UserError(f"--dice_tol must be non-negative, got {args.dice_tol}")
+    for flag, value in (("--size", args.size), ("--eval_size", args.eval_size)):
+        if value is not None and value < 2:  # 0 would never match an evaluation: the point would never finish
+            raise UserError(f"{flag} must be at least 2 (the smallest image side), got {value}")
+    if args.n_panels < 0:
+        raise UserError(f"--n_panels must be non-negative, got {args.n_panels}")
     if args.mode == "coordinate":
         return coordinate_descent(args)
     if args.stage1_param or args.stage2_param:

@@ -79,6 +79,9 @@ def test_bad_grids_are_user_errors(params, values, message):
     (["--param", "epochs", "--values", "0.5"], "train_config.epochs must be an integer"),
     (["--param", "loss.reg", "--values", "1"], "dotted path starting with one of"),
     (["--sweep", "7"], "sweep 7 not found"),
+    (["--param", "reg_param", "--values", "1", "--eval_size", "0"], "--eval_size must be at least 2"),
+    (["--param", "reg_param", "--values", "1", "--size", "1"], "--size must be at least 2"),
+    (["--param", "reg_param", "--values", "1", "--n_panels", "-1"], "--n_panels must be non-negative"),
 ])
 def test_invalid_points_exit_2_with_one_line_before_writing(tmp_path, monkeypatch, capsys, extra, message):
     monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", str(tmp_path / "exps"))
