@@ -23,6 +23,7 @@ table and the Figure-3-style plot into ``experiments/<d>d/sweeps/sweep<N>/`` (la
 """
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -173,7 +174,9 @@ def run_parallel(sweep, indices, gpus, args):
         cmd = [sys.executable, str(xp.REPO_ROOT / "sweep.py"), *point_command(sweep, index, gpu, args)[1:]]
         tqdm.write(f"point {index} ({describe(sweep['points'][index]['params'])}) on gpu {gpu}: log in "
                    f"{folder / 'logs' / f'point{index}.log'}")
-        proc = subprocess.Popen(cmd, cwd=xp.REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        # The workers run in the repository: a relative experiments folder must mean what it means here.
+        env = {**os.environ, "FNOREG_EXPERIMENTS_DIR": str(xp.experiments_root(sweep["dim"]).parent.resolve())}
+        proc = subprocess.Popen(cmd, cwd=xp.REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         return proc
 

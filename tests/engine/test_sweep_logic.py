@@ -147,12 +147,14 @@ def test_schedule_stops_launching_after_an_interrupted_child():
 
 
 def test_gpus_launch_one_only_point_process_per_gpu(tmp_path, monkeypatch):
-    monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", str(tmp_path / "exps"))
-    launched = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", "exps")  # relative: the workers run in the repository
+    launched, envs = [], []
 
     class Popen:
-        def __init__(self, cmd, cwd=None, stdout=None, stderr=None):
+        def __init__(self, cmd, cwd=None, env=None, stdout=None, stderr=None):
             launched.append(cmd)
+            envs.append(env)
 
         def poll(self):
             return 0
@@ -165,6 +167,7 @@ def test_gpus_launch_one_only_point_process_per_gpu(tmp_path, monkeypatch):
         [str(xp.REPO_ROOT / "sweep.py"), "--dim", "2", "--sweep", "1", "--only_point", str(k), "--gpu_num", str(g)]
         for k, g in ((0, 2), (1, 3), (2, 2))]
     assert (sweep_dir(2, 1) / "logs" / "point0.log").is_file()
+    assert {env["FNOREG_EXPERIMENTS_DIR"] for env in envs} == {str(tmp_path.resolve() / "exps")}
 
 
 def test_coordinate_plot_has_one_panel_per_stage(tmp_path):
