@@ -82,9 +82,13 @@ class Trainer(TrainingLoop):
         full_shape = tuple(splits["train"].images.shape[2:])
         size = tc["multires"]["max_size"] if tc["multires"] else tc["size"]  # multires: held at max_size
         self.train_shape = shape_for_size(size, full_shape) if size is not None else full_shape
-        if self.resume_state is not None and tuple(self.resume_state["train_size"]) != self.train_shape:
-            raise UserError(f"checkpoint was trained at {tuple(self.resume_state['train_size'])} but --size gives "
-                            f"{self.train_shape}; resume without --size or restart the experiment")
+        if self.resume_state is not None:
+            flag = self.resume_size is not None
+            given = shape_for_size(self.resume_size, full_shape) if flag else self.train_shape
+            if tuple(self.resume_state["train_size"]) != given:
+                raise UserError(f"checkpoint was trained at {tuple(self.resume_state['train_size'])} but "
+                                f"{'--size gives' if flag else 'the config gives'} {given}; resume without --size "
+                                "or restart the experiment")
         antialias = self.config["data_config"]["antialias"]
         self.train = DeviceSplit(splits["train"], self.train_shape, self.device, antialias)
         self.val = DeviceSplit(splits["val"], self.train_shape, self.device, antialias) if len(splits["val"].pairs) \
@@ -118,6 +122,7 @@ class Trainer(TrainingLoop):
     # ----------------------------------------------------------------------------- setup
     def _resolve_mode(self, args):
         self.resume_state = None
+        self.resume_size = None  # --size given with --ckpt_epoch: checked against the checkpoint
         if args.size is not None and args.size < 2:
             raise ConfigError(f"--size must be at least 2 (the smallest side of the training shape: 160 full, 80 "
                               f"half resolution), got {args.size}; omit --size to train at the data's own size")
@@ -149,7 +154,13 @@ class Trainer(TrainingLoop):
             if self.config["train_config"]["multires"]:
                 raise UserError("--size does not apply to a config with train_config.multires (its min_size..max_size "
                                 "range sets the training sizes); drop --size or set multires to null")
-            self.config["train_config"]["size"] = args.size
+            if self.mode == "resume":
+                # The checkpoint fixes the size; --size is only checked against it. Written into
+                # the config here it would reach the next checkpoints but not config.json, and the
+                # next resume would take that for an edit.
+                self.resume_size = args.size
+            else:
+                self.config["train_config"]["size"] = args.size
 
     def _check_resumable(self, epoch, path):
         """Refuse a resume whose edited ``config.json`` would mix with the checkpoint's settings."""

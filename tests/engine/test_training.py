@@ -289,6 +289,20 @@ def test_size_flag_sets_training_shape(tmp_path, exp_root):
     assert meta["train_size"] == [16, 20]
 
 
+def test_resume_with_the_checkpoints_size_leaves_the_config_alone(tmp_path, exp_root, capsys):
+    # --size equal to the data's own shape is accepted on resume; it must not become an "edit" that
+    # the next resume refuses.
+    assert train("--config_file", write_config(tmp_path, train_config={"epochs": 6})) == 0
+    assert train("--exp_num", "1", "--ckpt_epoch", "2", "--size", "32") == 0
+    assert train("--exp_num", "1", "--ckpt_epoch", "4") == 0
+    ckpt = torch.load(exp_root / "2d" / "exp1" / "checkpoints" / "ckpt_epoch6.pt", weights_only=True)
+    assert ckpt["config"]["train_config"]["size"] is None
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        train("--exp_num", "1", "--ckpt_epoch", "4", "--size", "16")
+    assert "trained at (32, 40) but --size gives (16, 20)" in capsys.readouterr().err
+
+
 def test_nan_loss_stops_with_message(tmp_path, exp_root, monkeypatch, capsys):
     from losses import registration
 
