@@ -9,7 +9,8 @@ Layout of ``experiments/<2d|3d>/exp<N>/``::
     checkpoints/ckpt_epoch<E>.pt
     weights.pth          final weights, with the model config that rebuilds them
     plots/               validation Dice and losses against epochs (PNG)
-    previous_runs/run<k>/  checkpoints, weights, plots and history of runs replaced by a restart
+    previous_runs/run<k>/  checkpoints, weights, plots and history of run k, replaced by a restart
+    previous_runs/run<k>_after_epoch<E>/  what run k wrote after epoch E, before a resume from E
     eval/                evaluation outputs
 
 The experiments root is ``experiments/`` beside this package, or ``$FNOREG_EXPERIMENTS_DIR``.
@@ -229,11 +230,13 @@ def archive_previous_run(folder):
     experiment had nothing to archive.
     """
     folder = Path(folder)
-    return _archive(folder, [folder / name for name in RUN_ARTEFACTS if (folder / name).exists()])
+    # Named after the run it holds, like its TensorBoard logs (read first: nothing moves on an error).
+    name = f"run{log_run_number(folder)}"
+    return _archive(folder, [folder / name for name in RUN_ARTEFACTS if (folder / name).exists()], name)
 
 
 def archive_after(folder, epoch, partial=False):
-    """Move what a run wrote after ``epoch`` into ``previous_runs/run<k>/`` before a resume from it.
+    """Move what a run wrote after ``epoch`` into ``previous_runs/run<k>_after_epoch<E>/`` before a resume from it.
 
     A resume from an earlier checkpoint trains the later epochs again and would overwrite their
     checkpoints, the final weights and (under the same folder names) their evaluations: those
@@ -243,6 +246,7 @@ def archive_after(folder, epoch, partial=False):
     came after ``epoch``.
     """
     folder = Path(folder)
+    name = f"run{log_run_number(folder)}_after_epoch{epoch}"  # the later part of run k (logs/run<k>)
     paths = [checkpoint_path(folder, e) for e in list_checkpoint_epochs(folder) if e > epoch]
     paths += [folder / "weights.pth"] if (folder / "weights.pth").exists() else []
     if (folder / "eval").is_dir():
@@ -251,17 +255,20 @@ def archive_after(folder, epoch, partial=False):
             if sub.is_dir() and m and (m.group(1) == "final" or int(m.group(2)) > epoch
                                        or (partial and int(m.group(2)) == epoch)):
                 paths.append(sub)
-    return _archive(folder, paths)
+    return _archive(folder, paths, name)
 
 
-def _archive(folder, paths):
-    """Move ``paths`` (inside ``folder``) into a new ``previous_runs/run<k>/`` under their relative paths."""
+def _archive(folder, paths, name):
+    """Move ``paths`` (inside ``folder``) into a new ``previous_runs/<name>/`` under their relative paths.
+
+    A name already taken (the same epoch resumed twice) gets ``_2``, ``_3``, ...
+    """
     if not paths:
         return None
-    k = 1
-    while (folder / "previous_runs" / f"run{k}").exists():
+    target, k = folder / "previous_runs" / name, 1
+    while target.exists():
         k += 1
-    target = folder / "previous_runs" / f"run{k}"
+        target = folder / "previous_runs" / f"{name}_{k}"
     for path in paths:
         dest = target / path.relative_to(folder)
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -141,7 +141,7 @@ def test_an_interruptions_checkpoint_becomes_the_whole_epochs(tmp_path, exp_root
     assert torch.load(folder / "checkpoints" / "ckpt_epoch3.pt", weights_only=True)["step"] == 2
     (folder / "eval" / "epoch3_32").mkdir(parents=True)  # an evaluation of the partial checkpoint
     assert train("--exp_num", "1", "--ckpt_epoch", "3") == 0
-    assert (folder / "previous_runs" / "run1" / "eval" / "epoch3_32").is_dir()  # it scored other weights
+    assert (folder / "previous_runs" / "run1_after_epoch3" / "eval" / "epoch3_32").is_dir()  # scored other weights
     state = torch.load(folder / "checkpoints" / "ckpt_epoch3.pt", weights_only=True)
     assert (state["epoch"], state["step"]) == (3, 0) and list_checkpoint_epochs(folder) == [3, 4]
 
@@ -226,6 +226,23 @@ def test_restart_keeps_previous_run(tmp_path, exp_root):
     assert [r["kind"] for r in meta["runs"]] == ["start", "restart"]
 
 
+def test_archives_are_named_after_the_runs_their_logs_are(tmp_path, exp_root, capsys):
+    assert train("--config_file", write_config(tmp_path)) == 0
+    folder = exp_root / "2d" / "exp1"
+    assert train("--exp_num", "1", "--ckpt_epoch", "2") == 0  # run 1 continues (logs/run1)
+    assert train("--exp_num", "1") == 0  # run 1 replaced by run 2
+    assert sorted(p.name for p in (folder / "previous_runs").iterdir()) == ["run1", "run1_after_epoch2"]
+    assert sorted(p.name for p in (folder / "logs").iterdir()) == ["run1", "run2"]
+    # Without metadata.json the run number is unknown: refused before anything moves.
+    (folder / "metadata.json").unlink()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        train("--exp_num", "1")
+    assert exc.value.code == 2 and "metadata" in capsys.readouterr().err
+    assert (folder / "weights.pth").is_file() and sorted(p.name for p in (folder / "previous_runs").iterdir()) == [
+        "run1", "run1_after_epoch2"]
+
+
 def test_resume_from_an_earlier_epoch_keeps_what_came_after(tmp_path, exp_root, capsys):
     assert train("--config_file", write_config(tmp_path)) == 0
     folder = exp_root / "2d" / "exp1"
@@ -235,7 +252,7 @@ def test_resume_from_an_earlier_epoch_keeps_what_came_after(tmp_path, exp_root, 
     (folder / "eval" / "final_table.csv").write_text("a user's own file")  # not an evaluation folder
     old4 = (folder / "checkpoints" / "ckpt_epoch4.pt").read_bytes()
     assert train("--exp_num", "1", "--ckpt_epoch", "2") == 0
-    kept = folder / "previous_runs" / "run1"
+    kept = folder / "previous_runs" / "run1_after_epoch2"
     assert "resume: what the run wrote after epoch 2" in capsys.readouterr().err
     assert (kept / "checkpoints" / "ckpt_epoch4.pt").read_bytes() == old4 and (kept / "weights.pth").is_file()
     assert sorted(p.name for p in (kept / "eval").iterdir()) == ["epoch4_32", "final_32"]
