@@ -9,7 +9,7 @@ import torch
 from models import FNOReg, build_model, count_parameters, warp
 from models.fnoreg import FourierLayer
 from tests.models.test_ffc import _block_reference, _randomise_batch_norms
-from utils.errors import ShapeError
+from utils.errors import ConfigError, ShapeError
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 PRESETS_2D = ["small", "medium", "large"]
@@ -118,6 +118,21 @@ def test_dense_and_tucker_factorisations():
     n_d = count_parameters(dense.layers[0].spectral)
     assert n_d == 2 * 16 * 16 * 40 * 25
     assert 0.35 < n_t / n_d < 0.5
+
+
+@pytest.mark.parametrize("factorization", ["tucker", "dense"])
+def test_spectral_weights_start_at_the_released_codes_scale(factorization):
+    # neuraloperator 0.2 (the released code's) drew them with std 1 / C^2, neuraloperator 2.0 with
+    # sqrt(2 / (2 C)): 64 times more for C = 16.
+    def weight_std(init):
+        torch.manual_seed(0)
+        kwargs = {} if init is None else {"spectral_init": init}
+        model = FNOReg(2, 16, 32, 1, [40, 48], factorization=factorization, **kwargs)
+        return model.layers[0].spectral.weight.to_tensor().std().item()
+    assert weight_std(None) == pytest.approx(1 / 16**2, rel=0.1)  # the default
+    assert weight_std("neuraloperator") == pytest.approx((2 / 32) ** 0.5, rel=0.1)
+    with pytest.raises(ConfigError, match="spectral_init must be one of"):
+        FNOReg(2, 16, 32, 1, [40, 48], spectral_init="xavier")
 
 
 @pytest.mark.parametrize(
