@@ -143,7 +143,9 @@ class _SwinBlock(nn.Module):
     def forward(self, x):
         spatial = x.shape[1:-1]
         window = tuple(min(w, n) for w, n in zip(self.window, spatial))
-        shift = tuple(w // 2 if self.shifted and n > w else 0 for w, n in zip(self.window, spatial))
+        # TransMorph's code shifts a map as large as its window too (one window, split into
+        # regions by the mask); only a map smaller than the window, which it shrinks to, is not.
+        shift = tuple(w // 2 if self.shifted and n >= w else 0 for w, n in zip(self.window, spatial))
         shortcut = x
         x = self.norm1(x)
         pad = []

@@ -121,3 +121,17 @@ def test_shifted_windows_do_not_mix_wrapped_regions():
         x.grad = None
     assert reach[False] == [[i, j] for i in range(4) for j in range(4)]
     assert reach[True] == [[i, j] for i in range(2) for j in range(2)]
+
+
+def test_a_map_as_large_as_its_window_is_shifted_too():
+    """As TransMorph's code does (the deepest stage at 160x192 is 5x6, its window): the shifted
+    block splits its one window into regions; a map smaller than the window is not shifted."""
+    from models.transmorph import _SwinBlock
+
+    torch.manual_seed(0)
+    for side, splits in ((4, True), (3, False)):
+        x = torch.rand(1, side, side, 4, requires_grad=True)
+        block = _SwinBlock(4, 1, (4, 4), True, 2.0, False, 0.0).eval()
+        block(x)[0, 0, 0].sum().backward()
+        reach = (x.grad[0].abs().sum(-1) > 1e-20).sum().item()
+        assert reach == (4 if splits else side * side)  # its 2x2 region, or the whole map
