@@ -11,10 +11,14 @@ resolution. So the band is a quarter of each side of the input (40x48 coefficien
 160x192, 20x24 for 80x96, 40x48x56 for 160x192x224) and the output always has the input's size.
 
 Decoding uses "forward" FFT normalisation both ways, which makes it exact trigonometric
-interpolation: the patch *is* the displacement sampled every fourth pixel. (The released code's
-normalisations scaled the decoded field by a constant instead: 4 in 2D, where the network output
-is also multiplied by 64, and 1/64 in 3D; a constant gain only rescales the last layer.) The
-field is in normalised coordinates, as in the released code.
+interpolation, and the patch is scaled by the public code's constant gain first
+(:data:`RELEASED_GAIN`): the public 2D code multiplies the network output by 64 and decodes
+with unnormalised forward and 1/N inverse transforms, a gain of 64 / 16 = 4 for a quarter-size
+patch; the FNOReg authors' 3D code decodes the same way without the 64, a gain of 1/64. The
+gain is not a mere rescaling of the last layer: Adam's steps do not shrink with the gradient,
+so it sets how far each step moves the field (4 times further in 2D than gain 1 would, 64 times
+less far in 3D). :meth:`FourierNet.band` returns the scaled patch: the displacement sampled every
+fourth pixel. The field is in normalised coordinates, as in the released code.
 
 With ``diffeomorphic=True`` (Fourier-Net-Diff) the decoded field is a stationary velocity,
 integrated by the shared scaling-and-squaring layer (:mod:`models.integrate`, 7 steps and
@@ -34,6 +38,10 @@ from utils.errors import ConfigError
 from .heads import FlowOutput, init_head, positive_int
 from .nd import check_dim, conv, conv_transpose
 from .sizes import InputShapeMixin
+
+
+# The public code's decoding gain per dimension (module docstring).
+RELEASED_GAIN = {2: 4.0, 3: 1.0 / 64}
 
 
 class _ConvPReLU(nn.Sequential):
@@ -118,7 +126,10 @@ class FourierNet(InputShapeMixin, nn.Module):
         return "its 4 stride-2 stages"
 
     def band(self, moving, fixed):
-        """The quarter-resolution patch (B, d, *spatial/4) whose spectrum is the kept band."""
+        """The quarter-resolution patch (B, d, *spatial/4) whose spectrum is the kept band.
+
+        The head's output times :data:`RELEASED_GAIN`: the displacement every fourth pixel.
+        """
         e0 = self.enc0(torch.cat([moving, fixed], dim=1))
         e1 = self.enc1(e0)
         e2 = self.enc2(e1)
@@ -126,7 +137,7 @@ class FourierNet(InputShapeMixin, nn.Module):
         e4 = self.enc4(e3)
         x = self.dec1(torch.cat([self.up1(e4), e3], dim=1))
         x = self.dec2(torch.cat([self.up2(x), e2], dim=1))
-        return self.head(x)
+        return self.head(x) * RELEASED_GAIN[self.dim]
 
     def forward(self, moving, fixed):
         """(batch, dim, *spatial) band-limited normalised displacement warping ``moving`` onto

@@ -102,3 +102,16 @@ def test_diffeomorphic_variant_adds_no_parameters(preset, dim):
     diff = build_model("fouriernet", {"preset": preset, "diffeomorphic": True}, dim)
     assert count_parameters(diff) == count_parameters(model)  # integration adds no parameters
 
+
+
+@pytest.mark.parametrize("dim, gain", [(2, 4.0), (3, 1 / 64)])
+def test_decoding_gain_is_the_public_codes(dim, gain):
+    # 2D: the network output times 64, unnormalised FFT and 1/N inverse (a 1/16 smaller patch);
+    # 3D (the FNOReg authors' code): the same without the 64. A head output of 1 everywhere
+    # decodes to a constant field of the gain.
+    model = FourierNet(dim, 2).eval()
+    model.head.register_forward_hook(lambda module, args, out: torch.ones_like(out))
+    shape = SHAPES[dim][0]
+    with torch.inference_mode():
+        flow = model(torch.rand(1, 1, *shape), torch.rand(1, 1, *shape))
+    torch.testing.assert_close(flow, torch.full_like(flow, gain))
