@@ -191,6 +191,7 @@ def start_run(folder, kind, start_epoch, device, train_size=None, n_params=None)
         "status": "running",
         "device": str(device),
         "host": socket.gethostname(),
+        "pid": os.getpid(),
         "command": launch_command(),
         "git_commit": git_commit(),
     }

@@ -31,6 +31,7 @@ from engine.checkpoint import list_checkpoint_epochs
 from engine.sweep_grid import point_tag, sweep_dir
 from utils.errors import ConfigError, UserError
 from utils.fileio import read_json, write_json
+from utils.process import process_alive
 
 EXIT_INTERRUPTED = 130
 ACTIVE_S = 600  # an experiment run outside the sweep that changed this recently counts as running
@@ -129,18 +130,8 @@ def lock_alive(lock, takeover=False):
     always (we cannot see it), unless ``takeover``."""
     if not lock:
         return False
-    if lock.get("host") != socket.gethostname():
-        return not takeover
-    pid = lock.get("pid")
-    if not isinstance(pid, int) or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    alive = process_alive(lock.get("pid"), lock.get("host"))
+    return (not takeover) if alive is None else alive
 
 
 class PointLock:

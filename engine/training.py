@@ -37,6 +37,23 @@ from utils.device import select_device
 from utils.distributed import broadcast_object, gather_object, init_distributed
 from utils.errors import ConfigError, UserError
 from utils.fileio import read_json, write_json
+from utils.process import process_alive
+
+
+def _training_now(folder, exp_num):
+    """Why a restart or resume must wait (a live run of the experiment on this host), or None.
+
+    Either would move the live run's files away under it.
+    """
+    try:
+        runs = xp.read_metadata(folder).get("runs") or []
+    except ConfigError:
+        return None  # no metadata: the restart reports it before anything moves
+    last = runs[-1] if runs else {}
+    if last.get("status") == "running" and process_alive(last.get("pid"), last.get("host")):
+        return (f"experiment {exp_num} is training now (process {last['pid']}, started {last.get('start_time')}); "
+                "wait for it to finish or stop it (Ctrl-C saves a checkpoint) before restarting or resuming")
+    return None
 
 
 class Trainer(TrainingLoop):
@@ -136,6 +153,11 @@ class Trainer(TrainingLoop):
         else:
             self.folder = xp.experiment_dir(self.dim, args.exp_num)
             self.exp_num = args.exp_num
+            # Rank 0 decides for all: it writes the new run entry, which another rank could read.
+            busy = broadcast_object(_training_now(self.folder, args.exp_num) if self.dist.is_main else None,
+                                    self.dist)
+            if busy:
+                raise UserError(busy)
             path = self.folder / "config.json"
             self.config = resolve_config(stored_config(read_json(path)), self.dim, source=str(path))
             if args.config_file:

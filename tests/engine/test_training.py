@@ -243,6 +243,26 @@ def test_archives_are_named_after_the_runs_their_logs_are(tmp_path, exp_root, ca
         "run1", "run1_after_epoch2"]
 
 
+def test_an_experiment_training_now_is_not_restarted_under_it(tmp_path, exp_root, capsys):
+    assert train("--config_file", write_config(tmp_path, train_config={"epochs": 2})) == 0
+    folder = exp_root / "2d" / "exp1"
+    meta = json.loads((folder / "metadata.json").read_text())
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        meta["runs"][-1].update(status="running", pid=other.pid)  # as a live run's entry reads
+        (folder / "metadata.json").write_text(json.dumps(meta))
+        capsys.readouterr()
+        for argv in (["--exp_num", "1"], ["--exp_num", "1", "--ckpt_epoch", "2"]):
+            with pytest.raises(SystemExit) as exc:
+                train(*argv)
+            assert exc.value.code == 2 and f"training now (process {other.pid}" in capsys.readouterr().err
+        assert (folder / "weights.pth").is_file() and not (folder / "previous_runs").exists()
+    finally:
+        other.kill()
+        other.wait()
+    assert train("--exp_num", "1") == 0  # a run that died without closing its entry does not block
+
+
 def test_resume_from_an_earlier_epoch_keeps_what_came_after(tmp_path, exp_root, capsys):
     assert train("--config_file", write_config(tmp_path)) == 0
     folder = exp_root / "2d" / "exp1"
