@@ -219,6 +219,10 @@ class Trainer(TrainingLoop):
                 if archived:
                     print(f"restart: previous run kept in {archived}", file=sys.stderr)
                 write_json(self.folder / "config.json", self.config)
+                # The edited config may describe another model: metadata.json follows it.
+                meta = xp.read_metadata(self.folder)
+                meta.update(description=self.config["description"], model_name=self.config["model_name"])
+                xp.write_metadata(self.folder, meta)
             elif self.mode == "resume":
                 # A partial checkpoint (an interruption's) becomes the whole epoch's: its evaluations go too.
                 archived = xp.archive_after(self.folder, self.resume_epoch, partial=self.start_step > 0)

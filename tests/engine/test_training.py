@@ -216,8 +216,10 @@ def test_restart_keeps_previous_run(tmp_path, exp_root):
     folder = exp_root / "2d" / "exp1"
     cfg = json.loads((folder / "config.json").read_text())
     cfg["train_config"]["epochs"] = 2  # the user edits the stored config, then restarts
+    cfg["description"] = "shorter"
     (folder / "config.json").write_text(json.dumps(cfg))
     assert train("--exp_num", "1") == 0
+    assert json.loads((folder / "metadata.json").read_text())["description"] == "shorter"
     assert (folder / "previous_runs" / "run1" / "weights.pth").is_file()
     assert list_checkpoint_epochs(folder / "previous_runs" / "run1") == [2, 4]
     assert list_checkpoint_epochs(folder) == [2]
