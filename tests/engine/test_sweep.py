@@ -116,13 +116,18 @@ def test_each_point_is_a_numbered_experiment_evaluated_on_val(swept):
         assert record["metrics"]["dice_mean"] == pytest.approx(summary["dice_mean"])
 
 
-def test_a_later_sweep_of_the_same_number_does_not_take_this_ones_experiments(swept, tmp_path, monkeypatch):
-    # Sweep numbers start again at 1 when the sweeps folder is deleted and the experiments kept.
-    root, _ = swept
+@pytest.fixture()
+def swept_copy(swept, tmp_path, monkeypatch):
+    """A copy of the finished sweep's experiments folder, to damage: (its root, sweep.json)."""
     copy = tmp_path / "exps"
-    shutil.copytree(root, copy)
+    shutil.copytree(swept[0], copy)
     monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", str(copy))
-    sweep = json.loads((copy / "2d" / "sweeps" / "sweep1" / "sweep.json").read_text())
+    return copy, json.loads((copy / "2d" / "sweeps" / "sweep1" / "sweep.json").read_text())
+
+
+def test_a_later_sweep_of_the_same_number_does_not_take_this_ones_experiments(swept_copy):
+    # Sweep numbers start again at 1 when the sweeps folder is deleted and the experiments kept.
+    copy, sweep = swept_copy
     assert sweep_points.find_experiment(sweep, 1) == 2
     shutil.rmtree(copy / "2d" / "sweeps")
     for token in ("0badc0de", None):  # a new sweep 1, and one written before sweeps had a token
@@ -142,12 +147,8 @@ def test_a_points_result_is_its_own_networks_plain_evaluation(swept, tmp_path):
     assert sweep_points.find_val_summary(folder)["dice_mean"] == own["dice_mean"]
 
 
-def test_a_recorded_experiment_number_reused_by_another_run_is_not_the_points(swept, tmp_path, monkeypatch):
-    root, _ = swept
-    copy = tmp_path / "exps"
-    shutil.copytree(root, copy)
-    monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", str(copy))
-    sweep = json.loads((copy / "2d" / "sweeps" / "sweep1" / "sweep.json").read_text())
+def test_a_recorded_experiment_number_reused_by_another_run_is_not_the_points(swept_copy):
+    copy, sweep = swept_copy
     assert sweep_points.find_experiment(sweep, 1) == 2
     # Experiment 2 deleted and its number taken by an unrelated run: point 1 has no experiment now.
     config = copy / "2d" / "exp2" / "config.json"
@@ -219,12 +220,8 @@ def test_rerun_evaluates_resumes_and_finds_lost_numbers(swept, monkeypatch):
         assert record["exp_num"] == exp and record["status"] == "done" and record["metrics"]["dice_mean"] is not None
 
 
-def test_a_crashed_point_resumes_and_a_diverged_one_is_left_alone(swept, tmp_path, monkeypatch):
-    root, _ = swept
-    copy = tmp_path / "exps"
-    shutil.copytree(root, copy)
-    monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", str(copy))
-    sweep = json.loads((copy / "2d" / "sweeps" / "sweep1" / "sweep.json").read_text())
+def test_a_crashed_point_resumes_and_a_diverged_one_is_left_alone(swept_copy):
+    copy, sweep = swept_copy
     exp2 = copy / "2d" / "exp2"
     (exp2 / "weights.pth").unlink()
     shutil.rmtree(exp2 / "eval")
