@@ -66,7 +66,7 @@ from engine.batches import DeviceSplit
 from engine.checkpoint import add_fold_repair_argument, load_model, set_fold_repair
 from engine.config import load_config, resolve_config
 from engine.plotting import dice_boxplot, registration_panel, save_figure
-from engine.reports import format_table, summarize, write_per_label_csv, write_per_pair_csv
+from engine.reports import print_report, summarize, write_per_label_csv, write_per_pair_csv
 from engine.refine import DEFAULT_REFINE_LR, refine_field, refine_loss
 from engine.scoring import register_split
 from losses import RegistrationLoss
@@ -417,38 +417,7 @@ def evaluate_main(dim, argv=None):
                                     args.batch_size, args.n_panels, score_on=args.score_on,
                                     config_file=args.config_file, refine=args.refine, refine_lr=args.refine_lr,
                                     fold_repair=args.fold_repair)
-    s = summaries[0]
-    trained = "x".join(map(str, s["train_size"])) if s["train_size"] else "?"
-    print(f"experiment {s['exp_num']} ({dim}D {s['model_name']}, {s['n_params']:,} parameters), checkpoint "
-          f"{s['checkpoint']} (epoch {s['epoch']}, trained at {trained}), {s['split']} split, {s['device']}, "
-          f"batch {s['batch_size']}")
-    if s["data_tag"]:
-        print(f"data: {s['dataset']}" + (f" at {s['data_root']}" if s["data_root"] else "") +
-              f" (from {s['config_file']}, not the experiment's own data)")
-    print(format_table(summaries))
-    if s["score_on"] == "native":
-        print(f"Dice and HD95 scored on the native {'x'.join(map(str, s['full_shape']))} label maps (field "
-              "resampled to them); folding and SDlogJ on the evaluation grid")
-    else:
-        print("Dice and HD95 scored on label maps subsampled to each evaluation grid (--score_on eval, as "
-              "published); folding and SDlogJ on the evaluation grid")
-    one_sided = {x["eval_size"]: x["hd95_one_sided_labels"] for x in summaries if x.get("hd95_one_sided_labels")}
-    if one_sided:
-        print("note: HD95 gave the grid's diagonal to labels present in one map only (erased or created by the "
-              "registration, or lost to subsampling with --score_on eval): " +
-              ", ".join(f"{n} at size {size}" for size, n in one_sided.items()))
-    if s.get("training_subjects_in_split"):
-        print(f"warning: {s['training_subjects_in_split']} subject(s) of the {s['split']} split were trained on; "
-              "these scores are not held out")
-    broken = {x["eval_size"]: x["n_pairs_nonfinite_field"] for x in summaries if x.get("n_pairs_nonfinite_field")}
-    if broken:
-        print("warning: the model produced non-finite displacements (NaN or inf) for " +
-              ", ".join(f"{n} pair(s) at size {size}" for size, n in broken.items()) +
-              "; their pixels count as folded and the SDlogJ mean is left empty")
-    unlabelled = s["n_pairs_without_labels"]
-    if unlabelled:
-        print(f"note: {unlabelled} of {s['n_pairs']} pairs have no label maps; Dice and HD95 average the other "
-              f"{s['n_pairs_with_labels']}")
+    print_report(dim, summaries)
     return 0
 
 
