@@ -289,16 +289,10 @@ class TransMorph(InputShapeMixin, nn.Module):
         self.skip_full = _ConvNormAct(dim, in_channels, reg)
         self.pool = avg_pool(dim, 3, stride=2, padding=1)
         self.head = conv(dim, reg, dim, 3)
-        self._init_weights()
+        # Linear layers keep PyTorch's initialisation: TransMorph's code defines Swin's
+        # trunc_normal(0.02) init_weights but never calls it.
         init_head(self.head, head_init)
         self.output = FlowOutput(flow_units, integration_steps)
-
-    def _init_weights(self):
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
 
     def input_multiple(self):
         return PATCH_SIZE * 2 ** (self.n_stages - 1)

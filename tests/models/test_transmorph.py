@@ -135,3 +135,13 @@ def test_a_map_as_large_as_its_window_is_shifted_too():
         block(x)[0, 0, 0].sum().backward()
         reach = (x.grad[0].abs().sum(-1) > 1e-20).sum().item()
         assert reach == (4 if splits else side * side)  # its 2x2 region, or the whole map
+
+
+def test_linear_layers_keep_pytorchs_initialisation():
+    # TransMorph's code defines Swin's trunc_normal(0.02) init_weights but never calls it.
+    torch.manual_seed(0)
+    model = build_model("transmorph", {"preset": "3stage"}, 2)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            bound = module.weight.shape[1] ** -0.5  # kaiming_uniform(a=sqrt(5)): U(-bound, bound)
+            assert module.weight.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.15)
