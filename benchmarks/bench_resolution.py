@@ -52,6 +52,8 @@ from benchmarks.ants_reference import ants_register_split, import_ants  # noqa: 
 from benchmarks.common import CONFIG_DIR, REPO, finish_machine_info, machine_info, set_threads, shape_text  # noqa: E402
 from benchmarks.resolution_report import dice_drop, resolution_markdown  # noqa: E402
 
+EXIT_INTERRUPTED = 130  # the training scripts' status when Ctrl-C or SIGTERM stopped a run
+
 DEFAULT_MODELS = ("fnoreg/small", "fno/small", "voxelmorph/vxm2", "fouriernet/c16")
 CONFIG_FILES = {"fnoreg/small": "fnoreg_2d_small.json", "fno/small": "fno_2d_small.json",
                 "voxelmorph/vxm2": "voxelmorph_2d_vxm2.json", "fouriernet/c16": "fouriernet_2d_16.json"}
@@ -328,6 +330,9 @@ def main(argv=None):
             try:
                 status, seconds = train_run(config_path, root, args.gpu_num, args.isolate, args.verbose)
                 run["train_seconds"] = seconds
+                if status == EXIT_INTERRUPTED:  # Ctrl-C or SIGTERM stopped the run: stop the benchmark too
+                    print(f"interrupted during {label} at size {size}; nothing written to {args.out}", file=sys.stderr)
+                    sys.exit(EXIT_INTERRUPTED)
                 if status:
                     raise RuntimeError(f"training exited with status {status}")
                 meta_path = root / "2d" / "exp1" / "metadata.json"
@@ -340,6 +345,8 @@ def main(argv=None):
                 summaries = evaluate_run(root, (low, high), args.gpu_num, args.isolate, args.verbose)
                 run["eval"] = {str(k): v for k, v in summaries.items()}
             except SystemExit as exc:  # the engine's one-line errors (e.g. a size the model refuses)
+                if exc.code == EXIT_INTERRUPTED:
+                    raise
                 run["error"] = f"error ({exc})"
             except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others
                 if "cannot run at" in str(exc):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_resolution import experiments_dir, train_run  # noqa: E402
+from benchmarks.bench_resolution import EXIT_INTERRUPTED, experiments_dir, train_run  # noqa: E402
 from benchmarks.common import finish_machine_info, machine_info, machine_line, set_threads  # noqa: E402
 from engine.evaluation import evaluate_experiment  # noqa: E402
 
@@ -62,7 +62,10 @@ def run(name, changes, train_size, work, eval_sizes, refine, progress):
     path = root / "config.json"
     path.write_text(json.dumps(variant_config(base, changes, train_size), indent=2))
     status, train_s = train_run(path, root, -1, isolate=False, verbose=progress)
-    assert status == 0, f"training {name} failed"
+    if status == EXIT_INTERRUPTED:  # Ctrl-C or SIGTERM: stop the study, not only this run
+        sys.exit(EXIT_INTERRUPTED)
+    if status:
+        raise RuntimeError(f"training {name} failed (exit {status})")
     out = {"train_s": train_s, "eval": {}}
     with experiments_dir(root):
         for k in sorted({0, *refine}):

@@ -209,6 +209,16 @@ def test_resolution_smoke(tmp_path, monkeypatch):
     assert result["budget"]["batch_size"] == 2
 
 
+def test_an_interrupted_run_stops_the_resolution_benchmark(tmp_path, monkeypatch, capsys):
+    # Ctrl-C or SIGTERM ends the training run with status 130; the benchmark must not go on to the next.
+    calls = []
+    monkeypatch.setattr(bench_resolution, "train_run", lambda *args, **kw: calls.append(args) or (130, 0.1))
+    with pytest.raises(SystemExit) as exc:
+        bench_resolution.main(quick_args("resolution", [-1], tmp_path, 1))
+    assert exc.value.code == 130 and len(calls) == 1 and "interrupted during" in capsys.readouterr().err
+    assert not (tmp_path / "resolution.json").exists()
+
+
 def test_resolution_summaries_found_whatever_the_folder_name(tmp_path):
     for name, size, split in (("final_80_oasis-abc123", 80, "test"), ("final_160", 160, "test"),
                               ("final_160_val", 160, "val")):
