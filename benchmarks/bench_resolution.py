@@ -51,8 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.ants_reference import ants_register_split, import_ants  # noqa: E402
 from benchmarks.common import CONFIG_DIR, REPO, finish_machine_info, machine_info, set_threads, shape_text  # noqa: E402
 from benchmarks.resolution_report import dice_drop, resolution_markdown  # noqa: E402
-
-EXIT_INTERRUPTED = 130  # the training scripts' status when Ctrl-C or SIGTERM stopped a run
+from utils.errors import EXIT_INTERRUPTED  # noqa: E402
 
 DEFAULT_MODELS = ("fnoreg/small", "fno/small", "voxelmorph/vxm2", "fouriernet/c16")
 CONFIG_FILES = {"fnoreg/small": "fnoreg_2d_small.json", "fno/small": "fno_2d_small.json",

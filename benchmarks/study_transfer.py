@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_resolution import EXIT_INTERRUPTED, experiments_dir, train_run  # noqa: E402
+from benchmarks.bench_resolution import experiments_dir, train_run  # noqa: E402
+from utils.errors import EXIT_INTERRUPTED  # noqa: E402
 from benchmarks.common import finish_machine_info, machine_info, machine_line, set_threads  # noqa: E402
 from engine.evaluation import evaluate_experiment  # noqa: E402
 

@@ -232,8 +232,8 @@ def archive_previous_run(folder):
     """
     folder = Path(folder)
     # Named after the run it holds, like its TensorBoard logs (read first: nothing moves on an error).
-    name = f"run{log_run_number(folder)}"
-    return _archive(folder, [folder / name for name in RUN_ARTEFACTS if (folder / name).exists()], name)
+    archive = f"run{log_run_number(folder)}"
+    return _archive(folder, [folder / name for name in RUN_ARTEFACTS if (folder / name).exists()], archive)
 
 
 def archive_after(folder, epoch, partial=False):

@@ -68,8 +68,9 @@ def summarize(metrics, label_ids):
     s["time_per_pair_median_s"] = float(np.median(metrics.time_s)) if len(metrics.time_s) else None
     if metrics.network is not None:
         net = metrics.network
-        s["network"] = {"dice_mean": mean_std(PairMetrics.pair_score(net["dice_after"])[labelled])[0],
-                        "dice_std": mean_std(PairMetrics.pair_score(net["dice_after"])[labelled])[1],
+        net_dice_mean, net_dice_std = mean_std(PairMetrics.pair_score(net["dice_after"])[labelled])
+        s["network"] = {"dice_mean": net_dice_mean,
+                        "dice_std": net_dice_std,
                         "folding_percent_mean": mean_std(net["folding"])[0],
                         "sdlogj_mean": _sdlogj_stats(net["sdlogj"])[1],
                         "time_per_pair_s": mean_std(net["time_s"])[0],
@@ -191,7 +192,10 @@ def print_report(dim, summaries):
     else:
         print("Dice and HD95 scored on label maps subsampled to each evaluation grid (--score_on eval, as "
               "published); folding and SDlogJ on the evaluation grid")
-    one_sided = {x["eval_size"]: x["hd95_one_sided_labels"] for x in summaries if x.get("hd95_one_sided_labels")}
+    def per_size(key):  # {eval size: count} of the sizes where ``key`` is non-zero
+        return {x["eval_size"]: x[key] for x in summaries if x.get(key)}
+
+    one_sided = per_size("hd95_one_sided_labels")
     if one_sided:
         print("note: HD95 gave the grid's diagonal to labels present in one map only (erased or created by the "
               "registration, or lost to subsampling with --score_on eval): " +
@@ -199,7 +203,7 @@ def print_report(dim, summaries):
     if s.get("training_subjects_in_split"):
         print(f"warning: {s['training_subjects_in_split']} subject(s) of the {s['split']} split were trained on; "
               "these scores are not held out")
-    broken = {x["eval_size"]: x["n_pairs_nonfinite_field"] for x in summaries if x.get("n_pairs_nonfinite_field")}
+    broken = per_size("n_pairs_nonfinite_field")
     if broken:
         print("warning: the model produced non-finite displacements (NaN or inf) for " +
               ", ".join(f"{n} pair(s) at size {size}" for size, n in broken.items()) +

@@ -37,9 +37,8 @@ from engine.sweep_points import (PointBusy, SweepInterrupted, metrics_of, point_
                                  write_record)
 from engine.sweep_report import choose_best, markdown_table, result_rows, save_coordinate_plot, sweep_title, \
     write_reports
-from utils.errors import UserError
+from utils.errors import EXIT_INTERRUPTED, UserError
 
-EXIT_INTERRUPTED = 130
 FINISHED = ("done", "failed")
 
 

@@ -29,11 +29,10 @@ from pathlib import Path
 from engine import experiment as xp
 from engine.checkpoint import list_checkpoint_epochs
 from engine.sweep_grid import point_tag, sweep_dir
-from utils.errors import ConfigError, UserError
+from utils.errors import EXIT_INTERRUPTED, ConfigError, UserError
 from utils.fileio import read_json, write_json
 from utils.process import process_alive
 
-EXIT_INTERRUPTED = 130
 ACTIVE_S = 600  # an experiment run outside the sweep that changed this recently counts as running
 METRICS = ("n_pairs", "n_pairs_with_labels", "initial_dice_mean", "dice_mean", "dice_std", "folding_percent_mean",
            "folding_percent_std", "sdlogj_mean", "sdlogj_std", "hd95_mean", "eval_shape", "epoch")

@@ -30,9 +30,9 @@ from losses import one_hot
 from models import to_pixel_units, warp
 from models.spectral import weight_cache
 from utils.distributed import any_rank, barrier, mean_over_ranks, shutdown
+from utils.errors import EXIT_INTERRUPTED
 from utils.fileio import write_json
 
-EXIT_INTERRUPTED = 130
 PLOT_INTERVAL_S = 60
 
 

@@ -4,6 +4,9 @@ Every entry point catches :class:`UserError` and prints its message as one line,
 status 2, so a bad config key or a missing file never ends in a deep traceback.
 """
 
+# Exit status of a run that Ctrl-C or SIGTERM stopped (after saving its checkpoint), as a shell's.
+EXIT_INTERRUPTED = 130
+
 
 class UserError(Exception):
     """A problem caused by user input (config, files, flags, tensors passed to the API).
