@@ -256,6 +256,20 @@ def test_floor_smoke(tmp_path):
     assert "floor" in (tmp_path / "floor.md").read_text()
 
 
+def test_training_floor_smoke(tmp_path):
+    from benchmarks import bench_floor_training
+    assert bench_floor_training.main(["--shape", "20", "24", "--threads", "1", "--repeats", "1",
+                                      "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "floor_training.json").read_text())
+    assert data["batch"] == 8 and data["floor_ms"] > data["as_run_ms"] > 0 and data["ratio"] > 0
+    parts = [r["part"] for r in data["rows"]]
+    # Every part of the step is counted: the six Fourier layers, the four FFCs, the rest as run.
+    assert {r["count"] for r in data["rows"] if r["part"].startswith("Fourier layer")} == {6}
+    assert {r["count"] for r in data["rows"] if r["part"].startswith(("FFC forward", "FFC backward"))} == {4}
+    assert any("Adam" in p for p in parts) and any("warp and loss" in p for p in parts)
+    assert "pairs/s at the floor" in (tmp_path / "floor_training.md").read_text()
+
+
 def test_targets_smoke(tmp_path):
     from benchmarks import bench_targets
     assert bench_targets.main(["--threads", "1", "--rounds", "2", "--repeats", "1", "--floor_repeats", "1",
