@@ -60,8 +60,9 @@ def load_checkpoint(folder, epoch):
     return _load(path, "checkpoint")
 
 
-def weights_payload(model, epoch, train_size):
-    """What ``weights.pth`` holds: the state and the config that rebuilds the model."""
+def weights_payload(model, epoch, train_size, config=None):
+    """What ``weights.pth`` holds: the state, the config that rebuilds the model, and (``config``)
+    the whole experiment config it was trained with, as a checkpoint holds it."""
     module = getattr(model, "module", model)
     return {
         "model_name": module.model_name,
@@ -69,13 +70,14 @@ def weights_payload(model, epoch, train_size):
         "state_dict": module.state_dict(),
         "epoch": epoch,
         "train_size": list(train_size),
+        "config": config,
     }
 
 
-def save_weights(folder, model, epoch, train_size):
-    """Write the final ``weights.pth`` atomically."""
+def save_weights(folder, model, epoch, train_size, config=None):
+    """Write the final ``weights.pth`` atomically (``config``: the experiment config trained with)."""
     path = Path(folder) / "weights.pth"
-    atomic_torch_save(weights_payload(model, epoch, train_size), path)
+    atomic_torch_save(weights_payload(model, epoch, train_size, config), path)
     return path
 
 
@@ -91,7 +93,9 @@ def load_model(folder, ckpt_epoch=None, device="cpu"):
         ``train_size``, ``path``, ``model_config`` (the one stored with the weights, which built
         the model; editing the experiment's ``config.json`` does not change it),
         ``partial_epoch_steps`` (steps of the next epoch also done: non-zero only for a checkpoint
-        written on an interruption, which a notice on stderr then points out).
+        written on an interruption, which a notice on stderr then points out), ``config`` (the
+        experiment config the file was trained with, as stored; None in weights written before
+        2026-11-30).
     """
     folder = Path(folder)
     if ckpt_epoch is None:
@@ -112,7 +116,8 @@ def load_model(folder, ckpt_epoch=None, device="cpu"):
     model.load_state_dict(model_state)
     model.to(device).eval()
     info = {"checkpoint": tag, "epoch": payload.get("epoch"), "train_size": payload.get("train_size"), "path": str(path),
-            "model_config": payload["model_config"], "partial_epoch_steps": payload.get("step", 0)}
+            "model_config": payload["model_config"], "partial_epoch_steps": payload.get("step", 0),
+            "config": payload.get("config")}
     if info["partial_epoch_steps"]:
         # Only an interrupted run that was never resumed past it leaves such a file (engine.train_loop).
         print(f"notice: {path} was written on an interruption: the state after epoch {info['epoch']} plus "

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from data.config import validate_data_config
 from engine.train_config import validate_train_config
-from models.registry import resolve_model_config
+from models.registry import resolve_model_config, stored_model_config
 from utils.errors import ConfigError
 from utils.fileio import read_json
 from utils.schema import check_value
@@ -88,3 +88,38 @@ def load_config(name_or_path, dim):
     """Find, parse and resolve a config for a ``dim``-D run. Returns (resolved dict, path)."""
     path = find_config_file(name_or_path)
     return resolve_config(read_json(path), dim, source=str(path)), path
+
+
+def stored_config(config):
+    """A config an experiment stored, before resolving: its model config read as it was trained
+    (:func:`models.registry.stored_model_config`)."""
+    if not isinstance(config, dict) or not isinstance(config.get("model_config"), dict):
+        return config  # resolve_config names what is wrong
+    return {**config, "model_config": stored_model_config(config.get("model_name"), config["model_config"])}
+
+
+def trained_config(stored, dim, source="weights"):
+    """The resolved config that weights or a checkpoint were trained with, or None.
+
+    Parameters
+    ----------
+    stored : dict or None
+        The ``"config"`` a checkpoint or ``weights.pth`` carries (written since 2026-11-30 for
+        weights; None for older files).
+    dim : int
+        Spatial dimensions.
+    source : str
+        Names the file in an error message.
+
+    Returns
+    -------
+    dict or None
+        Resolved as today's ``config.json`` is, so the two compare key by key; None when there
+        is nothing stored or it no longer resolves (written by a version with other keys).
+    """
+    if stored is None:
+        return None
+    try:
+        return resolve_config(stored_config(stored), dim, source=source)
+    except ConfigError:
+        return None

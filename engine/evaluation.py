@@ -9,8 +9,10 @@ folder per size, so ``--size 80 160`` gives the train-resolution / test-resoluti
 This module drives an evaluation; the registration loop that scores each pair is
 :mod:`engine.scoring`, the tables and files it writes are :mod:`engine.reports`.
 ``--config_file C`` evaluates on C's ``data_config`` instead of the stored one (another dataset,
-or the same data moved to another disk or server), into folders named by that data, so results
-on other data never replace those on the training data.
+or the same data moved), into folders named by that data, so results on other data never replace
+those on the training data; so does a ``config.json`` whose ``data_config`` was edited after the
+weights were trained (they carry their config). The training subjects (the held-out check) and
+the image resizing are always those of the config the weights were trained with.
 
 Protocol
 --------
@@ -38,7 +40,7 @@ Protocol
 
 Outputs, in ``experiments/<d>d/exp<N>/eval/<checkpoint>_<size>[_<data tag>][_evalgrid][_val]/``
 (``<checkpoint>`` is "final" or "epoch<E>", ``<size>`` the evaluation's smallest side; ``<data
-tag>`` names the data when ``--config_file`` gives other data than the stored config's,
+tag>`` names the data when it is not the data the weights were trained with,
 ``_evalgrid`` marks ``--score_on eval``, ``_val`` the validation split)::
 
     summary.json      means and standard deviations over pairs, timing, context (written last:
@@ -49,9 +51,6 @@ tag>`` names the data when ``--config_file`` gives other data than the stored co
     dice_boxplot.png  per-label Dice before and after registration
 """
 
-import hashlib
-import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -64,7 +63,8 @@ from data.resize import shape_for_size
 from engine import experiment as xp
 from engine.batches import DeviceSplit
 from engine.checkpoint import add_fold_repair_argument, load_model, set_fold_repair
-from engine.config import load_config, resolve_config
+from engine.config import load_config, resolve_config, trained_config
+from engine.eval_folders import data_tag, output_folder
 from engine.plotting import dice_boxplot, registration_panel, save_figure
 from engine.reports import print_report, summarize, write_per_label_csv, write_per_pair_csv
 from engine.refine import DEFAULT_REFINE_LR, refine_field, refine_loss
@@ -117,58 +117,6 @@ def evaluation_shapes(sizes, full_shape):
         if all(shape != s for _, s in out):
             out.append((size, shape))
     return out
-
-
-def output_folder(exp_folder, checkpoint, size, split="test", data_tag=None, score_on="native", refine=0,
-                  fold_repair=None):
-    """``exp_folder/eval/<checkpoint>_<size>[_<data_tag>][_evalgrid][_refine<K>][_repair<on|off>][_val]``.
-
-    Parameters
-    ----------
-    exp_folder : path-like
-        The experiment folder.
-    checkpoint : str
-        "final" or "epoch<E>".
-    size : int
-        Smallest side of the evaluation shape.
-    split : {"test", "val"}
-        ``_val`` is appended for the validation split.
-    data_tag : str, optional
-        Names data other than the experiment's own (:func:`data_tag`); None for its own data.
-    score_on : {"native", "eval"}
-        ``_evalgrid`` is appended for ``eval`` (label maps subsampled to the evaluation grid).
-    refine : int
-        ``_refine<K>`` is appended for ``K`` refinement steps.
-    fold_repair : {"on", "off"}, optional
-        ``_repair<on|off>`` is appended when ``--fold_repair`` overrides the trained setting.
-    """
-    name = f"{checkpoint}_{size}"
-    if data_tag:
-        name += f"_{data_tag}"
-    if score_on == "eval":
-        name += "_evalgrid"
-    if refine:
-        name += f"_refine{refine}"
-    if fold_repair:
-        name += f"_repair{fold_repair}"
-    if split != "test":
-        name += f"_{split}"
-    return Path(exp_folder) / "eval" / name
-
-
-def data_tag(data_config, stored_data_config):
-    """Folder tag of the data an evaluation runs on; None when it is the experiment's own data.
-
-    The tag is the data's name (the root folder's name for OASIS-layout data, ``phantom`` for the
-    phantom) and six hex digits of a hash of the whole resolved ``data_config``, so two datasets
-    with the same folder name, or the same data at another root, never share an output folder.
-    """
-    if data_config == stored_data_config:
-        return None
-    name = Path(str(data_config["root"])).name if data_config.get("root") else data_config["dataset"]
-    name = re.sub(r"[^A-Za-z0-9.-]+", "-", name).strip("-.") or data_config["dataset"]
-    digest = hashlib.sha1(json.dumps(data_config, sort_keys=True, default=str).encode()).hexdigest()[:6]
-    return f"{name}-{digest}"
 
 
 def panel_pairs(n_pairs, n_panels):
@@ -276,6 +224,30 @@ def _load_experiment_config(dim, exp_num):
     return folder, resolve_config(read_json(path), dim, source=str(path))
 
 
+def _trained_data_config(config, info, dim, exp_num, folder):
+    """(the data_config the loaded weights were trained with, the keys config.json changed since).
+
+    Weights and checkpoints carry the config they were trained with; ``config.json`` may have
+    been edited since (a restart would then train on the edit). The training subjects and the
+    input preparation (``antialias``) are the trained ones; the evaluated split stays
+    ``config.json``'s, with a notice. Weights written before 2026-11-30 carry no config:
+    ``config.json``'s is taken, and the edited keys are None (unknown).
+    """
+    trained = trained_config(info.get("config"), dim, source=info["path"])
+    if trained is None:
+        return config["data_config"], None
+    now, then = config["data_config"], trained["data_config"]
+    edited = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+    if edited:
+        tag = data_tag(now, then)
+        print(f"notice: data_config.{', data_config.'.join(edited)} in {folder / 'config.json'} changed after "
+              f"experiment {exp_num}'s {info['checkpoint']} weights were trained ({edited[0]}: {now.get(edited[0])!r} "
+              f"now, {then.get(edited[0])!r} then); the evaluated split is read from config.json, the training "
+              f"subjects and the image resizing from the weights' own config, and the outputs of evaluating "
+              f"config.json's data go to folders tagged _{tag}", file=sys.stderr)
+    return then, edited
+
+
 def _data_from(config_file, config, dim, exp_num, progress):
     """The ``data_config`` to evaluate on and its folder tag: ``config_file``'s, or the stored one."""
     stored = config["data_config"]
@@ -351,21 +323,6 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
         where = config_path or folder / "config.json"
         raise ConfigError(f"experiment {exp_num} has no {split} split (data_config.splits.{split} is null in "
                           f"{where}); set an index range there or evaluate another --split")
-    # Images are downsampled as in training, whatever another data_config says: the model's input
-    # preparation belongs to the experiment, not to the data.
-    antialias = config["data_config"]["antialias"]
-    if data_config["antialias"] != antialias:
-        print(f"notice: antialias {str(data_config['antialias']).lower()} in {config_path} is not used; images "
-              f"are resized as experiment {exp_num} was trained (antialias {str(antialias).lower()})",
-              file=sys.stderr)
-    # Another data_config may move the evaluated split over the subjects the model was trained on.
-    leaked = shared_subjects(config["data_config"], "train", data_config, split, dim)
-    if leaked:
-        print(f"warning: {len(leaked)} subject(s) of the {split} split are training subjects of experiment "
-              f"{exp_num} (e.g. {leaked[0]}); its scores are not held out", file=sys.stderr)
-    elif leaked is None:  # e.g. the training data's folder moved: say so rather than pass silently
-        print(f"note: the training subjects of experiment {exp_num} cannot be listed (data_config in "
-              f"{folder / 'config.json'}); the {split} split was not checked for them", file=sys.stderr)
     if batch_size is not None and batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {batch_size}")
     if refine < 0 or not refine_lr > 0:
@@ -375,6 +332,26 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
     device = select_device(gpu_num)
     model, info = load_model(folder, ckpt_epoch, device)
     info = set_fold_repair(model, info, fold_repair)
+    trained_data, edited = _trained_data_config(config, info, dim, exp_num, folder)
+    if edited and config_file is None:  # never into the folders of the data the weights were trained on
+        tag = data_tag(data_config, trained_data)
+    # Images are downsampled as in training, whatever another data_config says: the model's input
+    # preparation belongs to the experiment, not to the data.
+    antialias = trained_data["antialias"]
+    if data_config["antialias"] != antialias:
+        print(f"notice: antialias {str(data_config['antialias']).lower()} in {config_path or folder / 'config.json'} "
+              f"is not used; images are resized as experiment {exp_num} was trained (antialias "
+              f"{str(antialias).lower()})", file=sys.stderr)
+    # Another data_config, or an edited config.json, may move the evaluated split over the
+    # subjects the model was trained on: those of the data_config the weights were trained with.
+    leaked = shared_subjects(trained_data, "train", data_config, split, dim)
+    if leaked:
+        print(f"warning: {len(leaked)} subject(s) of the {split} split are training subjects of experiment "
+              f"{exp_num} (e.g. {leaked[0]}); its scores are not held out", file=sys.stderr)
+    elif leaked is None:  # e.g. the training data's folder moved: say so rather than pass silently
+        print(f"note: the training subjects of experiment {exp_num} cannot be listed (its training "
+              f"data_config, dataset {trained_data['dataset']} at {trained_data['root']}); the {split} split "
+              "was not checked for them", file=sys.stderr)
     data = load_split(data_config, dim, split)
     if len(data.pairs) == 0:
         raise ConfigError(f"the {split} split of experiment {exp_num} has no pairs; widen data_config.splits.{split}")
@@ -386,7 +363,7 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
                "dataset": data_config["dataset"], "data_root": data_config["root"],
                "label_scheme": data_config["label_scheme"], "data_tag": tag, "config_file": config_path,
                "data_config": data_config, "training_subjects_in_split": None if leaked is None else len(leaked),
-               "antialias": antialias,
+               "antialias": antialias, "data_config_edited_since_training": edited,
                "device": str(device), "versions": xp.software_versions(), "git_commit": xp.git_commit(),
                "refine_steps": refine, "refine_lr": refine_lr if refine else None,
                "fold_repair_override": info.get("fold_repair_override")}

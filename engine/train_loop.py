@@ -317,7 +317,7 @@ class TrainingLoop:
                     first_step, sums = 0, None
                 if self.main:
                     self._plot(force=True)
-                    save_weights(self.folder, self.model, epoch, self.train_shape)
+                    save_weights(self.folder, self.model, epoch, self.train_shape, self.config)
                     print(f"finished: weights in {self.folder / 'weights.pth'}", file=sys.stderr)
                 status = "finished"
                 return 0

@@ -27,12 +27,11 @@ from data.resize import shape_for_size
 from engine import experiment as xp
 from engine.batches import DeviceSplit
 from engine.checkpoint import load_checkpoint
-from engine.config import load_config, resolve_config
+from engine.config import load_config, resolve_config, stored_config
 from engine.train_config import build_optimizer, build_scheduler
 from engine.train_loop import TrainingLoop
 from losses import RegistrationLoss
 from models import build_model, count_parameters
-from models.registry import stored_model_config
 from utils.device import select_device
 from utils.distributed import broadcast_object, gather_object, init_distributed
 from utils.errors import ConfigError, UserError
@@ -296,14 +295,6 @@ class Trainer(TrainingLoop):
             "train_size": list(self.train_shape),
             "config": self.config,
         }
-
-
-def stored_config(config):
-    """A config an experiment stored, before resolving: its model config read as it was trained
-    (:func:`models.registry.stored_model_config`)."""
-    if not isinstance(config, dict) or not isinstance(config.get("model_config"), dict):
-        return config  # resolve_config names what is wrong
-    return {**config, "model_config": stored_model_config(config.get("model_name"), config["model_config"])}
 
 
 def rank_seed(seed, rank, epoch, step):

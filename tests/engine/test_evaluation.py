@@ -73,15 +73,17 @@ def metrics_only(summary):
     return {k: v for k, v in summary.items() if k not in RUN_KEYS}
 
 
-def save_untrained_experiment(dim, data_config, seed=0):
-    """An experiment folder holding a freshly built (zero-head, identity) model as its final weights."""
+def save_untrained_experiment(dim, data_config, seed=0, with_config=False):
+    """An experiment folder holding a freshly built (zero-head, identity) model as its final weights
+    (``with_config``: carrying the config, as training writes them since 2026-11-30)."""
     config = resolve_config({"model_name": "fnoreg", "model_config": MODEL[dim], "train_config": TRAIN,
                              "data_config": data_config}, dim)
     exp_num, folder = xp.create_experiment(dim)
     write_json(folder / "config.json", config)
     torch.manual_seed(seed)
     model = build_model("fnoreg", config["model_config"], dim)
-    save_weights(folder, model, 0, data_config.get("phantom", {}).get("shape", [32, 40]))
+    save_weights(folder, model, 0, data_config.get("phantom", {}).get("shape", [32, 40]),
+                 config if with_config else None)
     return exp_num, folder
 
 
@@ -375,6 +377,34 @@ def test_config_file_whose_split_holds_training_subjects_is_flagged(tmp_path, mo
     assert "not held out" in captured.out  # under the printed table too
     (tagged,) = [p for p in (folder / "eval").iterdir() if p.name.startswith("final_32_phantom-")]
     assert json.loads((tagged / "summary.json").read_text())["training_subjects_in_split"] == 2
+
+
+def test_an_edited_config_json_is_checked_against_the_weights_own_config(tmp_path, monkeypatch, capsys):
+    # config.json edited after training (a restart would train on it): its new test split holds
+    # subjects the weights were trained on, which the edited train split no longer lists.
+    monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", str(tmp_path / "experiments"))
+    exp_num, folder = save_untrained_experiment(2, PHANTOM[2], with_config=True)  # trained on 0-3
+    assert evaluate(2, "--exp_num", str(exp_num), "--n_panels", "0") == 0
+    assert "changed after" not in capsys.readouterr().err
+    own = (folder / "eval" / "final_32" / "summary.json").read_text()
+    assert json.loads(own)["data_config_edited_since_training"] == []
+
+    config = json.loads((folder / "config.json").read_text())
+    config["data_config"]["splits"] = {"train": [5, 8], "val": [0, 1], "test": [2, 4]}
+    write_json(folder / "config.json", config)
+    assert evaluate(2, "--exp_num", str(exp_num), "--n_panels", "0") == 0
+    err = capsys.readouterr().err
+    assert "data_config.splits in" in err and "changed after" in err
+    assert "2 subject(s) of the test split are training subjects" in err
+    (tagged,) = [p for p in (folder / "eval").iterdir() if p.name.startswith("final_32_phantom-")]
+    summary = json.loads((tagged / "summary.json").read_text())
+    assert summary["data_config_edited_since_training"] == ["splits"] and summary["training_subjects_in_split"] == 2
+    assert (folder / "eval" / "final_32" / "summary.json").read_text() == own  # the trained split's results kept
+
+    # Weights written before they carried their config: config.json's is all there is.
+    exp_old, folder_old = save_untrained_experiment(2, PHANTOM[2])
+    (s,) = evaluate_experiment(2, exp_old, gpu_num=-1, progress=False, n_panels=0)
+    assert s["data_config_edited_since_training"] is None and s["training_subjects_in_split"] == 0
 
 
 def test_training_subjects_that_cannot_be_listed_are_reported(tmp_path, monkeypatch, capsys):
