@@ -154,14 +154,48 @@ def floor_table(model, shape, repeats):
     return rows
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="large", help="FNOReg 2D preset (small, medium, large)")
-    p.add_argument("--shape", type=int, nargs=2, default=[160, 192])
+def floor_lines(title, info, script, argv, rows):
+    """Markdown lines of a floor report: title, machine, command, the parts table and its sum.
+
+    ``rows`` are (part, count, seconds each); ``argv`` None means the process's own arguments.
+    """
+    floor = sum(n * s for _, n, s in rows)
+    lines = [f"# {title}", "", machine_line(info), "",
+             f"Command: `python benchmarks/{script} {' '.join(sys.argv[1:] if argv is None else argv)}`", "",
+             "| part | count | ms each | ms total |", "|---|---|---|---|"]
+    lines += [f"| {name} | {n} | {1000 * s:.3f} | {1000 * n * s:.2f} |" for name, n, s in rows]
+    return lines + [f"| **floor** | | | **{1000 * floor:.1f}** |", ""]
+
+
+def write_floor(out, stem, lines, payload):
+    """Print the report; with ``out``, also write ``<stem>.md`` and ``<stem>.json`` there.
+
+    ``payload["rows"]`` (part, count, seconds) tuples are written as dicts in milliseconds.
+    """
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{stem}.md").write_text(text)
+        rows = [{"part": r[0], "count": r[1], "ms_each": 1000 * r[2]} for r in payload["rows"]]
+        (out / f"{stem}.json").write_text(json.dumps({**payload, "rows": rows}, indent=1))
+
+
+def floor_parser(description, preset, shape, stem):
+    """The flags every floor benchmark takes: preset, shape, threads, repeats, output folder."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--preset", default=preset, help="FNOReg 2D preset (small, medium, large)")
+    p.add_argument("--shape", type=int, nargs=2, default=list(shape))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=21)
+    p.add_argument("--out", help=f"write {stem}.json and {stem}.md here")
+    return p
+
+
+def main(argv=None):
+    p = floor_parser(__doc__.splitlines()[0], "large", (160, 192), "floor")
     p.add_argument("--diffeomorphic", action="store_true", help="the configs' diffeomorphic model")
-    p.add_argument("--out", help="write floor.json and floor.md here")
     args = p.parse_args(argv)
     set_threads(args.threads)
     torch.manual_seed(0)
@@ -180,26 +214,15 @@ def main(argv=None):
     floor = sum(n * s for _, n, s in rows)
     # The median of every model call, before and after: like each kernel's, one median.
     model_ms = 1000 * statistics.median(before["times"] + after["times"] or [model_s, model_s2])
-    lines = [f"# FNOReg {args.preset} inference against its kernels' floor, {shape[0]}x{shape[1]}, batch 1",
-             "", machine_line(info), "",
-             f"Command: `python benchmarks/bench_floor.py {' '.join(sys.argv[1:] if argv is None else argv)}`", "",
-             "| part | count | ms each | ms total |", "|---|---|---|---|"]
-    lines += [f"| {name} | {n} | {1000 * s:.3f} | {1000 * n * s:.2f} |" for name, n, s in rows]
-    lines += [f"| **floor** | | | **{1000 * floor:.1f}** |", "",
-              f"Model forward + warp: {1000 * model_s:.1f} ms before the kernels, {1000 * model_s2:.1f} ms after "
+    lines = floor_lines(f"FNOReg {args.preset} inference against its kernels' floor, {shape[0]}x{shape[1]}, batch 1",
+                        info, "bench_floor.py", argv, rows)
+    lines += [f"Model forward + warp: {1000 * model_s:.1f} ms before the kernels, {1000 * model_s2:.1f} ms after "
               f"(median of {args.repeats} each); **{model_ms / (1000 * floor):.2f}x the floor** (the median of all "
               f"{2 * args.repeats} calls, {model_ms:.1f} ms)."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "floor.md").write_text(text)
-        payload = {"machine": info, "preset": args.preset, "shape": shape, "threads": args.threads,
-                   "model_ms": [1000 * model_s, 1000 * model_s2], "floor_ms": 1000 * floor,
-                   "rows": [{"part": r[0], "count": r[1], "ms_each": 1000 * r[2]} for r in rows],
-                   "ratio": model_ms / (1000 * floor), "diffeomorphic": args.diffeomorphic}
-        (out / "floor.json").write_text(json.dumps(payload, indent=1))
+    write_floor(args.out, "floor", lines, {
+        "machine": info, "preset": args.preset, "shape": shape, "threads": args.threads,
+        "model_ms": [1000 * model_s, 1000 * model_s2], "floor_ms": 1000 * floor, "rows": rows,
+        "ratio": model_ms / (1000 * floor), "diffeomorphic": args.diffeomorphic})
     return 0 if math.isfinite(floor) else 1
 
 

@@ -31,8 +31,6 @@ rearranging these kernels, only by faster kernels (fusion across them, other FFT
     python benchmarks/bench_floor_training.py --preset small --shape 80 96 --threads 2
 """
 
-import argparse
-import json
 import math
 import statistics
 import sys
@@ -43,13 +41,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_floor import timed  # noqa: E402
+from benchmarks.bench_floor import floor_lines, floor_parser, timed, write_floor  # noqa: E402
 from benchmarks.bench_speed import training_fn  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     build,
     finish_machine_info,
     machine_info,
-    machine_line,
     make_entry,
     set_threads,
     time_call,
@@ -234,13 +231,7 @@ def floor_table(model, entry, shape, batch, repeats):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="small", help="FNOReg 2D preset (small, medium, large)")
-    p.add_argument("--shape", type=int, nargs=2, default=[80, 96])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=21)
-    p.add_argument("--out", help="write floor_training.json and floor_training.md here")
-    args = p.parse_args(argv)
+    args = floor_parser(__doc__.splitlines()[0], "small", (80, 96), "floor_training").parse_args(argv)
     set_threads(args.threads)
     torch.manual_seed(0)
     info = machine_info("cpu")
@@ -255,29 +246,18 @@ def main(argv=None):
     floor = sum(n * s for _, n, s in rows)
     as_run = sum(n * s for name, n, s in rows if "(as run)" in name)
     step_ms = 1000 * statistics.median(before["times"] + after["times"] or [before["seconds"], after["seconds"]])
-    lines = [f"# FNOReg {args.preset} training step against its kernels' floor, {shape[0]}x{shape[1]}, batch {batch}",
-             "", machine_line(info), "",
-             f"Command: `python benchmarks/bench_floor_training.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
-             "", "| part | count | ms each | ms total |", "|---|---|---|---|"]
-    lines += [f"| {name} | {n} | {1000 * s:.3f} | {1000 * n * s:.2f} |" for name, n, s in rows]
-    lines += [f"| **floor** | | | **{1000 * floor:.1f}** |", "",
-              f"Parts timed as the model runs them (an upper bound of their own floor): {1000 * as_run:.1f} ms.", "",
+    lines = floor_lines(f"FNOReg {args.preset} training step against its kernels' floor, {shape[0]}x{shape[1]}, "
+                        f"batch {batch}", info, "bench_floor_training.py", argv, rows)
+    lines += [f"Parts timed as the model runs them (an upper bound of their own floor): {1000 * as_run:.1f} ms.", "",
               f"Training step: {1000 * before['seconds']:.1f} ms before the kernels, {1000 * after['seconds']:.1f} ms "
               f"after (median of {args.repeats} each); the median of all {2 * args.repeats} steps, {step_ms:.1f} ms, "
               f"is **{step_ms / (1000 * floor):.2f}x the floor**: {1000 * batch / step_ms:.1f} pairs/s, against "
               f"**{batch / floor:.1f} pairs/s at the floor**."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "floor_training.md").write_text(text)
-        payload = {"machine": info, "preset": args.preset, "shape": shape, "batch": batch, "threads": args.threads,
-                   "step_ms": [1000 * before["seconds"], 1000 * after["seconds"]], "step_median_ms": step_ms,
-                   "floor_ms": 1000 * floor, "as_run_ms": 1000 * as_run, "pairs_per_s_at_floor": batch / floor,
-                   "rows": [{"part": r[0], "count": r[1], "ms_each": 1000 * r[2]} for r in rows],
-                   "ratio": step_ms / (1000 * floor)}
-        (out / "floor_training.json").write_text(json.dumps(payload, indent=1))
+    write_floor(args.out, "floor_training", lines, {
+        "machine": info, "preset": args.preset, "shape": shape, "batch": batch, "threads": args.threads,
+        "step_ms": [1000 * before["seconds"], 1000 * after["seconds"]], "step_median_ms": step_ms,
+        "floor_ms": 1000 * floor, "as_run_ms": 1000 * as_run, "pairs_per_s_at_floor": batch / floor,
+        "rows": rows, "ratio": step_ms / (1000 * floor)})
     return 0 if math.isfinite(floor) else 1
 
 
