@@ -35,7 +35,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import finish_machine_info, machine_info, machine_line, set_threads, time_call  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    command_line,
+    finish_machine_info,
+    machine_info,
+    machine_line,
+    set_threads,
+    time_call,
+)
 from models import warp  # noqa: E402
 from models.registry import build_model  # noqa: E402
 from models.spectral import weight_cache  # noqa: E402
@@ -161,7 +168,7 @@ def floor_lines(title, info, script, argv, rows):
     """
     floor = sum(n * s for _, n, s in rows)
     lines = [f"# {title}", "", machine_line(info), "",
-             f"Command: `python benchmarks/{script} {' '.join(sys.argv[1:] if argv is None else argv)}`", "",
+             f"Command: `{command_line(script, argv)}`", "",
              "| part | count | ms each | ms total |", "|---|---|---|---|"]
     lines += [f"| {name} | {n} | {1000 * s:.3f} | {1000 * n * s:.2f} |" for name, n, s in rows]
     return lines + [f"| **floor** | | | **{1000 * floor:.1f}** |", ""]

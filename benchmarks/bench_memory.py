@@ -42,6 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (  # noqa: E402
+    command_line,
     REPO,
     available_memory_bytes,
     finish_machine_info,
@@ -314,7 +315,7 @@ def main(argv=None):
                   jobs=args.jobs)
     finish_machine_info(info)
     result = {"benchmark": "memory", "machine": info,
-              "command": "python benchmarks/bench_memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": command_line("bench_memory.py", argv),
               "settings": {"sizes": {n: list(s) for n, s in sizes}, "devices": devices, "timeout_s": args.timeout,
                            "cpu_mem_limit_bytes": limit, "available_bytes_at_start": available, "jobs": args.jobs,
                            "threads": args.threads or torch.get_num_threads()},

@@ -49,7 +49,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.ants_reference import ants_register_split, import_ants  # noqa: E402
-from benchmarks.common import CONFIG_DIR, REPO, finish_machine_info, machine_info, set_threads, shape_text  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    CONFIG_DIR,
+    REPO,
+    command_line,
+    finish_machine_info,
+    machine_info,
+    set_threads,
+    shape_text,
+)
 from benchmarks.resolution_report import dice_drop, resolution_markdown  # noqa: E402
 from utils.errors import EXIT_INTERRUPTED  # noqa: E402
 
@@ -300,7 +308,7 @@ def main(argv=None):
 
     native = tuple(data_cfg.get("phantom", {}).get("shape", ())) or None
     result = {"benchmark": "resolution", "machine": info,
-              "command": "python benchmarks/bench_resolution.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": command_line("bench_resolution.py", argv),
               "sizes": [low, high], "budget": budget, "data_config": data_cfg, "work": str(work), "models": {}}
     steps = budget["steps_per_epoch"]
     result["budget_description"] = (

@@ -43,6 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (  # noqa: E402
+    command_line,
     NAMED_SIZES,
     available_memory_bytes,
     build,
@@ -414,7 +415,7 @@ def main(argv=None):
     cells = bench(entries, sizes, devices, args.repeats, args.max_seconds, args.modes)
     finish_machine_info(info)
     result = {"benchmark": "speed", "machine": info,
-              "command": "python benchmarks/bench_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": command_line("bench_speed.py", argv),
               "settings": {"repeats": args.repeats, "max_seconds": args.max_seconds, "threads": torch.get_num_threads(),
                            "sizes": {n: list(s) for n, s in sizes}, "devices": [str(d) for d in devices],
                            "reference": "voxelmorph/vxm2"},

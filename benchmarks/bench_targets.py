@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_floor import floor_table  # noqa: E402
 from benchmarks.bench_speed import inference_fn, training_fn  # noqa: E402
 from benchmarks.common import (  # noqa: E402
+    command_line,
     Entry,
     build,
     finish_machine_info,
@@ -189,10 +190,9 @@ def main(argv=None):
                                  floor)
     finish_machine_info(info)
     summary = [summarise(name, cell) for name, cell in results.items()]
-    result = {"machine": info, "command": "python benchmarks/bench_targets.py " + " ".join(
-        sys.argv[1:] if argv is None else argv), "settings": vars(args), "cells": summary,
-        "floor_s": statistics.median(floors), "floors_s": floors,
-        "targets": targets(summary, floors, args.train_shape, args.infer_shape)}
+    result = {"machine": info, "command": command_line("bench_targets.py", argv), "settings": vars(args),
+              "cells": summary, "floor_s": statistics.median(floors), "floors_s": floors,
+              "targets": targets(summary, floors, args.train_shape, args.infer_shape)}
     text = markdown(result)
     print(text)
     if args.out:

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import socket
 import statistics
 import sys
@@ -100,6 +101,14 @@ def finish_machine_info(info):
     except OSError:
         pass
     return info
+
+
+def command_line(script, argv=None):
+    """The command that made a result, ready to paste into a shell (arguments quoted as needed).
+
+    ``argv`` None means the process's own arguments; ``script`` is the file name in benchmarks/.
+    """
+    return f"python benchmarks/{script} " + shlex.join(sys.argv[1:] if argv is None else argv)
 
 
 def machine_line(info):

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_resolution import experiments_dir, train_run  # noqa: E402
 from utils.errors import EXIT_INTERRUPTED  # noqa: E402
-from benchmarks.common import finish_machine_info, machine_info, machine_line, set_threads  # noqa: E402
+from benchmarks.common import command_line, finish_machine_info, machine_info, machine_line, set_threads  # noqa: E402
 from engine.evaluation import evaluate_experiment  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,7 +125,7 @@ def main():
                 default=str))
     finish_machine_info(info)
     text = (f"# Resolution transfer study (issue 11)\n\n{machine_line(info)}\n\n"
-            f"Command: `python benchmarks/study_transfer.py {' '.join(sys.argv[1:])}`\n\n"
+            f"Command: `{command_line('study_transfer.py')}`\n\n"
             + table(results, args.eval_sizes) + "\n")
     (out / "transfer.md").write_text(text)
     print(text)

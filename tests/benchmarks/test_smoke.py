@@ -278,3 +278,9 @@ def test_targets_smoke(tmp_path):
     assert len(data["targets"]) == 4 and data["floor_s"] > 0
     assert all(len(c["round_medians_s"]) == 2 for c in data["cells"])
     assert "16x32, batch 8" in (tmp_path / "targets.md").read_text()
+
+
+def test_command_line_quotes_arguments_with_spaces():
+    from benchmarks.common import command_line
+    text = command_line("study_transfer.py", ["--variants", "published", "diffeomorphic + fold_repair"])
+    assert text == "python benchmarks/study_transfer.py --variants published 'diffeomorphic + fold_repair'"
