@@ -224,18 +224,19 @@ def _load_experiment_config(dim, exp_num):
     return folder, resolve_config(read_json(path), dim, source=str(path))
 
 
-def _trained_data_config(config, info, dim, exp_num, folder):
-    """(the data_config the loaded weights were trained with, the keys config.json changed since).
+def _trained_config(config, info, dim, exp_num, folder):
+    """(the config the loaded weights were trained with, the data_config keys config.json changed since).
 
     Weights and checkpoints carry the config they were trained with; ``config.json`` may have
-    been edited since (a restart would then train on the edit). The training subjects and the
-    input preparation (``antialias``) are the trained ones; the evaluated split stays
-    ``config.json``'s, with a notice. Weights written before 2026-11-30 carry no config:
+    been edited since (a restart would then train on the edit). The training subjects, the
+    input preparation (``antialias``) and ``--refine``'s loss are the trained ones; the
+    evaluated split stays ``config.json``'s, with a notice. Weights written before 2026-11-30
+    carry no config:
     ``config.json``'s is taken, and the edited keys are None (unknown).
     """
     trained = trained_config(info.get("config"), dim, source=info["path"])
     if trained is None:
-        return config["data_config"], None
+        return config, None
     now, then = config["data_config"], trained["data_config"]
     edited = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
     if edited:
@@ -245,7 +246,7 @@ def _trained_data_config(config, info, dim, exp_num, folder):
               f"now, {then.get(edited[0])!r} then); the evaluated split is read from config.json, the training "
               f"subjects and the image resizing from the weights' own config, and the outputs of evaluating "
               f"config.json's data go to folders tagged _{tag}", file=sys.stderr)
-    return then, edited
+    return trained, edited
 
 
 def _data_from(config_file, config, dim, exp_num, progress):
@@ -332,7 +333,8 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
     device = select_device(gpu_num)
     model, info = load_model(folder, ckpt_epoch, device)
     info = set_fold_repair(model, info, fold_repair)
-    trained_data, edited = _trained_data_config(config, info, dim, exp_num, folder)
+    trained, edited = _trained_config(config, info, dim, exp_num, folder)
+    trained_data = trained["data_config"]
     if edited and config_file is None:  # never into the folders of the data the weights were trained on
         tag = data_tag(data_config, trained_data)
     # Images are downsampled as in training, whatever another data_config says: the model's input
@@ -367,7 +369,7 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
                "device": str(device), "versions": xp.software_versions(), "git_commit": xp.git_commit(),
                "refine_steps": refine, "refine_lr": refine_lr if refine else None,
                "fold_repair_override": info.get("fold_repair_override")}
-    loss = refine_loss(RegistrationLoss.from_config(tc))
+    loss = refine_loss(RegistrationLoss.from_config(trained["train_config"]))  # the loss it was trained with
     if refine:
         context["refine_loss"] = {k: getattr(loss, k) for k in ("similarity", "reg_param", "jac_param", "ncc_window")}
 

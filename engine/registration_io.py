@@ -267,7 +267,7 @@ def register_files(exp_num, dim, moving, fixed, out, moving_seg=None, fixed_seg=
                        "seconds_forward_warp": seconds}
             network_flow = flow
             flow, seconds_refine = timed(lambda: refine_field(net_moving, net_fixed, network_flow, refine,
-                                                              _refine_loss(folder), refine_lr,
+                                                              _refine_loss(folder, info), refine_lr,
                                                               repair=getattr(model, "fold_repair", False)), device)
         warped = warp(moving_t, flow)  # the moving image's own intensities, even with --rescale
         jac = jacobian_determinant(flow)
@@ -328,9 +328,11 @@ def register_files(exp_num, dim, moving, fixed, out, moving_seg=None, fixed_seg=
     return {**summary, "outputs": paths}
 
 
-def _refine_loss(folder):
-    """The refinement objective from experiment ``folder``'s stored training loss."""
-    return refine_loss(RegistrationLoss.from_config(read_json(Path(folder) / "config.json").get("train_config", {})))
+def _refine_loss(folder, info):
+    """The refinement objective from the training loss the loaded weights were trained with
+    (their own config; ``config.json`` for weights written before they carried one)."""
+    stored = info.get("config") or read_json(Path(folder) / "config.json")
+    return refine_loss(RegistrationLoss.from_config(stored.get("train_config", {})))
 
 
 def register_parser():

@@ -407,6 +407,17 @@ def test_an_edited_config_json_is_checked_against_the_weights_own_config(tmp_pat
     assert s["data_config_edited_since_training"] is None and s["training_subjects_in_split"] == 0
 
 
+def test_refine_uses_the_loss_the_weights_were_trained_with(tmp_path, monkeypatch):
+    monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", str(tmp_path / "experiments"))
+    exp_num, folder = save_untrained_experiment(2, PHANTOM[2], with_config=True)
+    config = json.loads((folder / "config.json").read_text())
+    trained_reg = config["train_config"]["reg_param"]
+    config["train_config"]["reg_param"] = trained_reg * 10 + 1  # edited after training
+    write_json(folder / "config.json", config)
+    (s,) = evaluate_experiment(2, exp_num, sizes=[16], gpu_num=-1, progress=False, n_panels=0, refine=1)
+    assert s["refine_loss"]["reg_param"] == trained_reg and s["data_config_edited_since_training"] == []
+
+
 def test_training_subjects_that_cannot_be_listed_are_reported(tmp_path, monkeypatch, capsys):
     # The training data's folder has moved: the experiment's own subject list is gone.
     monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", str(tmp_path / "experiments"))
