@@ -230,14 +230,18 @@ def _trained_config(config, info, dim, exp_num, folder):
     Weights and checkpoints carry the config they were trained with; ``config.json`` may have
     been edited since (a restart would then train on the edit). The training subjects, the
     input preparation (``antialias``) and ``--refine``'s loss are the trained ones; the
-    evaluated split stays ``config.json``'s, with a notice. Weights written before 2026-11-30
-    carry no config:
+    evaluated split stays ``config.json``'s, with a notice. A new ``root`` for the same dataset
+    is data that moved, not an edit. Weights written before 2026-11-30 carry no config:
     ``config.json``'s is taken, and the edited keys are None (unknown).
     """
     trained = trained_config(info.get("config"), dim, source=info["path"])
     if trained is None:
         return config, None
     now, then = config["data_config"], trained["data_config"]
+    if now["dataset"] == then["dataset"] and now.get("root") != then.get("root"):
+        # The same data moved (a change a resume accepts): its subjects are listed where they are now.
+        then = {**then, "root": now.get("root")}
+        trained = {**trained, "data_config": then}
     edited = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
     if edited:
         tag = data_tag(now, then)

@@ -407,6 +407,21 @@ def test_an_edited_config_json_is_checked_against_the_weights_own_config(tmp_pat
     assert s["data_config_edited_since_training"] is None and s["training_subjects_in_split"] == 0
 
 
+def test_data_that_moved_is_not_an_edit(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", str(tmp_path / "experiments"))
+    root = write_phantom_dataset(tmp_path / "old", 2, 9, shape=[32, 40], seed=0)
+    data = {"dataset": "oasis", "root": str(root), "splits": PHANTOM[2]["splits"]}
+    exp_num, folder = save_untrained_experiment(2, data, with_config=True)
+    root.rename(tmp_path / "new")
+    config = json.loads((folder / "config.json").read_text())
+    config["data_config"]["root"] = str(tmp_path / "new")
+    write_json(folder / "config.json", config)
+    (s,) = evaluate_experiment(2, exp_num, gpu_num=-1, progress=False, n_panels=0)
+    assert "changed after" not in capsys.readouterr().err
+    assert s["data_config_edited_since_training"] == [] and s["training_subjects_in_split"] == 0
+    assert [p.name for p in (folder / "eval").iterdir()] == ["final_32"]
+
+
 def test_refine_uses_the_loss_the_weights_were_trained_with(tmp_path, monkeypatch):
     monkeypatch.setenv("FNOREG_EXPERIMENTS_DIR", str(tmp_path / "experiments"))
     exp_num, folder = save_untrained_experiment(2, PHANTOM[2], with_config=True)
