@@ -58,7 +58,7 @@ def _elementwise(fn, shape):
     return lambda: fn(x)
 
 
-def _add(shape):
+def inplace_add(shape):
     """``a += b``: every add of an inference call writes into a fresh intermediate in place."""
     a, b = torch.randn(shape), torch.randn(shape)
     return lambda: a.add_(b)
@@ -120,8 +120,14 @@ def ffc_kernels(c, shape):
         "1x1 product on the spectrum + ReLU": (_mm(2 * half_c, 2 * half_c, spec_pixels),
                                               _relu((1, 2 * half_c, spec_pixels))),
         "irfft2": lambda: torch.fft.irfft2(spec, s=(h, w)),
-        "skip add, expand 1x1 + ReLU": (_add((1, half_c, h, w)), _mm(half_c, c, h * w), _relu((1, c, h, w))),
+        "skip add, expand 1x1 + ReLU": (inplace_add((1, half_c, h, w)), _mm(half_c, c, h * w),
+                                        _relu((1, c, h, w))),
     }
+
+
+def ffc_count(model):
+    """FFCs in a 2D FNOReg: two per block, an encoder and a decoder block; none without them."""
+    return 4 if model.encoder.__class__.__name__ != "Identity" else 0
 
 
 def timed(calls, repeats):
@@ -144,11 +150,11 @@ def floor_table(model, shape, repeats):
         else:
             seconds = timed(call, repeats)
         rows.append((f"Fourier layer: {name}", len(model.layers), seconds))
-    n_ffc = 4 if model.encoder.__class__.__name__ != "Identity" else 0
+    n_ffc = ffc_count(model)
     if n_ffc:
         for name, call in ffc_kernels(c, shape).items():
             rows.append((f"FFC: {name}", n_ffc, timed(call, repeats)))
-        rows.append(("FFC block residual add", 2, timed(_add((1, c, h, w)), repeats)))
+        rows.append(("FFC block residual add", 2, timed(inplace_add((1, c, h, w)), repeats)))
     rows.append(("lifting 1x1", 1, timed(_mm(2, c, h * w), repeats)))
     rows.append(("projection 1x1 + ReLU + 1x1", 1,
                  timed((_mm(c, p, h * w), _relu((1, p, h, w)), _mm(p, 2, h * w)), repeats)))
@@ -157,7 +163,8 @@ def floor_table(model, shape, repeats):
     if model.integrate is not None:
         steps = model.integrate.steps
         rows.append(("scaling and squaring: compose + add", steps,
-                     timed((lambda: warp(flow, flow, padding="border"), _add((1, 2, h, w))), repeats)))
+                     timed((lambda: warp(flow, flow, padding="border"), inplace_add((1, 2, h, w))),
+                           repeats)))
     return rows
 
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_floor import floor_lines, floor_parser, timed, write_floor  # noqa: E402
+from benchmarks.bench_floor import ffc_count, floor_lines, floor_parser, inplace_add, timed, write_floor  # noqa: E402
 from benchmarks.bench_speed import training_fn  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     build,
@@ -53,6 +53,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from losses import RegistrationLoss  # noqa: E402
 from models import warp  # noqa: E402
+from models.batchnorm import batch_statistics  # noqa: E402
 
 
 def _bmm(b, c_in, c_out, pixels):
@@ -73,25 +74,13 @@ def _add_out(shape):
     return lambda: a + b
 
 
-def _add_(shape):
-    a, b = torch.randn(shape), torch.randn(shape)
-    return lambda: a.add_(b)
-
-
 def _bn_relu(shape):
-    """Batch norm with batch statistics and ReLU, forward: the statistics (mean, then squared
-    deviations: the fastest of PyTorch's ways here, ``torch.var_mean`` takes five times as long),
-    then normalise + ReLU."""
+    """Batch norm with batch statistics and ReLU, forward: the model's statistics
+    (:func:`models.batchnorm.batch_statistics`), then normalise + ReLU."""
     x = torch.randn(shape)
-    b, c = shape[:2]
+    c = shape[1]
     w, bias = torch.ones(c), torch.zeros(c)
-
-    def call():
-        mean = x.mean((0, *range(2, len(shape))))
-        centred = (x - mean.view(1, c, *[1] * (len(shape) - 2))).view(b, c, -1)
-        var = torch.linalg.vecdot(centred, centred).sum(0) / centred[:, 0].numel()
-        return F.batch_norm(x, mean, var, w, bias, False, 0.0, 1e-5).relu_()
-    return call
+    return lambda: F.batch_norm(x, *batch_statistics(x), w, bias, False, 0.0, 1e-5).relu_()
 
 
 def _bn_relu_backward(shape):
@@ -130,7 +119,7 @@ def fourier_layer_training(b, c, shape, width, rows, n_layers):
             lambda: torch.bmm(grads, weights[next(turn) % n_layers].transpose(1, 2)),
             lambda: torch.bmm(operand.transpose(1, 2), grads)),
         "backward: 1x1 input gradient accumulated, residual add": (
-            lambda: out.baddbmm_(pw.transpose(1, 2), g), _add_((b, c, h * w))),
+            lambda: out.baddbmm_(pw.transpose(1, 2), g), inplace_add((b, c, h * w))),
         "backward: 1x1 weight and bias gradients": (
             _weight_grad(b, c, c, h * w), lambda: g.sum((0, 2))),
     }
@@ -157,7 +146,7 @@ def ffc_training(b, c, shape):
             _bn_relu_backward((b, 2 * half, spec_pixels)), _bmm(b, 2 * half, 2 * half, spec_pixels),
             _weight_grad(b, 2 * half, 2 * half, spec_pixels)),
         "backward: skip add, reduce (BN + ReLU, input and weight gradients)": (
-            _add_((b, half, pixels)), _bn_relu_backward((b, half, h, w)), _bmm(b, half, c, pixels),
+            inplace_add((b, half, pixels)), _bn_relu_backward((b, half, h, w)), _bmm(b, half, c, pixels),
             _weight_grad(b, c, half, pixels)),
     }
 
@@ -207,7 +196,7 @@ def tucker_rebuild(layer, shape):
     return call
 
 
-def floor_table(model, entry, shape, batch, repeats):
+def training_floor_table(model, entry, shape, batch, repeats):
     """Rows (part, count, seconds each) of a training step's floor (2D FNOReg)."""
     c = model.lifting.out_channels
     layer = model.layers[0]
@@ -220,7 +209,7 @@ def floor_table(model, entry, shape, batch, repeats):
     with torch.enable_grad():
         rows.append(("Fourier layer: Tucker weight rebuild, forward + backward (as run)", n_layers,
                      timed(tucker_rebuild(layer, shape), repeats)))
-    n_ffc = 4 if model.encoder.__class__.__name__ != "Identity" else 0
+    n_ffc = ffc_count(model)
     if n_ffc:
         for name, call in ffc_training(batch, c, shape).items():
             rows.append((f"FFC {name}", n_ffc, timed(call, repeats)))
@@ -240,7 +229,7 @@ def main(argv=None):
     model = build(entry, 2, "cpu").train()
     step, batch, _ = training_fn(model, entry, 2, shape, torch.device("cpu"))
     before = time_call(step, "cpu", args.repeats)
-    rows = floor_table(build(entry, 2, "cpu").train(), entry, shape, batch, args.repeats)
+    rows = training_floor_table(build(entry, 2, "cpu").train(), entry, shape, batch, args.repeats)
     after = time_call(step, "cpu", args.repeats)  # again after the kernels, so a drifting machine shows
     finish_machine_info(info)
     floor = sum(n * s for _, n, s in rows)
