@@ -102,24 +102,27 @@ class SavedBytes:
         return sum(self.seen.values())
 
 
-def inference_fn(model, shape, device):
+def inference_fn(model, shape, device, cuda_graphs=False):
     """Forward + warp of one pair, as ``evaluate_<d>d.py`` runs it.
 
-    Inside :func:`models.spectral.weight_cache`, held open for every call as an evaluation holds
-    it for a whole split: a factorised spectral weight is rebuilt in the warm-up call and reused.
+    Inside :func:`models.graphed.inference_session`, held open for every call as an evaluation
+    holds it for a whole split: a factorised spectral weight is rebuilt in the warm-up call and
+    reused; with ``cuda_graphs`` on CUDA the warm-up call also captures the graph that the timed
+    calls replay (``call.graphed`` then says how many calls it answered, or why it did not).
     """
     from models import warp
-    from models.spectral import weight_cache
+    from models.graphed import inference_session
 
     moving, fixed = torch.rand(2, 1, 1, *shape, device=device)
-    cache = weight_cache(model)
-    cache.__enter__()  # freed with the model; nothing else runs on it
+    session = inference_session(model, cuda_graphs and torch.device(device).type == "cuda")
+    run = session.__enter__()  # freed with the model; nothing else runs on it
 
     def call():
         with torch.inference_mode():
-            return warp(moving, model(moving, fixed))
+            return warp(moving, run(moving, fixed))
 
-    call.cache = cache  # the block lasts as long as the timed function: collected, it would close
+    call.session = session  # the block lasts as long as the timed function: collected, it would close
+    call.graphed = run if run is not model else None
     return call
 
 
@@ -181,8 +184,11 @@ def _is_oom(exc):
         or "out of memory" in str(exc).lower()
 
 
-def bench(entries, sizes, devices, repeats, max_seconds, modes=MODES, progress=True):
-    """Measure every (device, entry, size, mode) cell; returns the list of cell dicts."""
+def bench(entries, sizes, devices, repeats, max_seconds, modes=MODES, progress=True, cuda_graphs=False):
+    """Measure every (device, entry, size, mode) cell; returns the list of cell dicts.
+
+    ``cuda_graphs``: inference on CUDA replayed from CUDA graphs (:mod:`models.graphed`).
+    """
     cells = []
     for device in devices:
         for entry in entries:
@@ -205,7 +211,7 @@ def bench(entries, sizes, devices, repeats, max_seconds, modes=MODES, progress=T
                                 "batch": 1 if mode == "inference" else entry.batch_size(dim),
                                 "config_file": entry.config_file}
                         cell.update(_measure(entry, model, dim, shape, device, mode, repeats, max_seconds,
-                                             previous.get(mode)))
+                                             previous.get(mode), cuda_graphs))
                         if cell["status"] == "ok":
                             previous[mode] = (pixels, cell["seconds_per_call"], cell.get("saved_bytes"))
                         cells.append(cell)
@@ -220,7 +226,7 @@ def bench(entries, sizes, devices, repeats, max_seconds, modes=MODES, progress=T
     return cells
 
 
-def _measure(entry, model, dim, shape, device, mode, repeats, max_seconds, previous):
+def _measure(entry, model, dim, shape, device, mode, repeats, max_seconds, previous, cuda_graphs=False):
     reason = cannot_run(model, shape)
     if reason:
         return {"status": "skipped", "reason": short_reason(reason)}
@@ -239,8 +245,10 @@ def _measure(entry, model, dim, shape, device, mode, repeats, max_seconds, previ
     try:
         if mode == "inference":
             model.eval()
-            timing = time_call(inference_fn(model, shape, device), device, repeats, max_seconds)
+            call = inference_fn(model, shape, device, cuda_graphs)
+            timing = time_call(call, device, repeats, max_seconds)
             batch, saved = 1, None
+            graphed = call.graphed
         else:
             model.train()
             step, batch, saved = training_fn(model, entry, dim, shape, device)
@@ -254,6 +262,9 @@ def _measure(entry, model, dim, shape, device, mode, repeats, max_seconds, previ
            "approx": timing["approx"]}
     if saved is not None:
         out["saved_bytes"] = saved.total
+    if mode == "inference" and graphed is not None:
+        out["graph_replays"] = graphed.replays
+        out["graph_eager"] = "; ".join(dict.fromkeys(graphed.eager_reasons.values())) or None
     return out
 
 
@@ -297,7 +308,8 @@ def _cell_text(c):
     approx = "≈" if c["approx"] else ""
     ratio = f" · {c['ratio_to_vxm2']:.2f}×" if c.get("ratio_to_vxm2") else ""
     if c["mode"] == "inference":
-        return f"{approx}{fmt_seconds(c['seconds_per_pair'])}{ratio}"
+        eager = " (eager)" if c.get("graph_eager") else ""
+        return f"{approx}{fmt_seconds(c['seconds_per_pair'])}{ratio}{eager}"
     return f"{approx}{c['pairs_per_s']:.3g} pairs/s (b{c['batch']}){ratio}"
 
 
@@ -309,6 +321,11 @@ def markdown(result):
     lines.append("Ratio (·): time per pair ÷ VoxelMorph vxm2's time per pair in the same run, same device "
                  "and size (> 1: slower). ≈: timed by the warm-up call alone (an upper bound), the cell's "
                  "budget (`--max_seconds`) allowing no more.")
+    if result["settings"].get("cuda_graphs"):
+        lines.append("")
+        lines.append("Inference on CUDA replayed from CUDA graphs (`--cuda_graphs`, models/graphed.py); "
+                     "(eager): a model whose call could not be captured ran eagerly (the reason is in "
+                     "`speed.json`, `graph_eager`).")
     cells = result["cells"]
     sizes = list(dict.fromkeys(c["size"] for c in cells))
     for device in dict.fromkeys(c["device"] for c in cells):
@@ -399,6 +416,8 @@ def parser():
                    help="budget per cell; also skips a cell whose extrapolated time per call exceeds it")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="output folder")
     p.add_argument("--no_plot", action="store_true")
+    p.add_argument("--cuda_graphs", action="store_true",
+                   help="inference on CUDA replayed from CUDA graphs, as evaluate_<d>d.py --cuda_graphs runs it")
     return p
 
 
@@ -412,13 +431,13 @@ def main(argv=None):
     info["device"] = ", ".join(map(str, devices))  # every device the run measured
     if any(d.type == "cpu" for d in devices):
         info["cpu_device_measured"] = True
-    cells = bench(entries, sizes, devices, args.repeats, args.max_seconds, args.modes)
+    cells = bench(entries, sizes, devices, args.repeats, args.max_seconds, args.modes, cuda_graphs=args.cuda_graphs)
     finish_machine_info(info)
     result = {"benchmark": "speed", "machine": info,
               "command": command_line("bench_speed.py", argv),
               "settings": {"repeats": args.repeats, "max_seconds": args.max_seconds, "threads": torch.get_num_threads(),
                            "sizes": {n: list(s) for n, s in sizes}, "devices": [str(d) for d in devices],
-                           "reference": "voxelmorph/vxm2"},
+                           "reference": "voxelmorph/vxm2", "cuda_graphs": args.cuda_graphs},
               "cells": cells, "scaling_exponents": scaling_exponents(cells)}
     out = Path(args.out)
     json_path, md_path = write_outputs(out, "speed", result, markdown(result))

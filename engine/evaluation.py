@@ -71,8 +71,8 @@ from engine.refine import DEFAULT_REFINE_LR, refine_field, refine_loss
 from engine.scoring import register_split
 from losses import RegistrationLoss
 from models import count_parameters, to_pixel_units
-from utils.cli import evaluate_parser
-from utils.device import select_device
+from utils.cli import add_cuda_graphs_argument, evaluate_parser
+from utils.device import cuda_graphs_on, select_device
 from utils.errors import ConfigError, UserError
 from utils.fileio import read_json, write_json
 
@@ -96,6 +96,7 @@ def evaluation_parser(dim):
     parser.add_argument("--refine_lr", type=float, default=DEFAULT_REFINE_LR,
                         help=f"refinement step in pixels (default {DEFAULT_REFINE_LR})")
     add_fold_repair_argument(parser, outputs="; outputs go to _repairoff / _repairon folders")
+    add_cuda_graphs_argument(parser)
     return parser
 
 
@@ -135,7 +136,7 @@ def _panel_title(split, index, scores):
 
 
 def evaluate_at(model, split, size, shape, out_dir, context, batch_size, n_panels=N_PANELS, progress=True,
-                antialias=False, score_on="native", refine=None):
+                antialias=False, score_on="native", refine=None, cuda_graphs=False):
     """Evaluate ``model`` on ``split`` at ``shape`` and write every output to ``out_dir``.
 
     Parameters
@@ -168,6 +169,8 @@ def evaluate_at(model, split, size, shape, out_dir, context, batch_size, n_panel
         Per-pair refinement ``refine(moving, fixed, flow) -> flow`` (see
         :func:`engine.scoring.register_split`); ``summary.json`` then also holds the network's own
         scores under ``network``.
+    cuda_graphs : bool
+        Replay the model's calls from CUDA graphs on a GPU (:mod:`models.graphed`).
 
     Returns
     -------
@@ -199,7 +202,8 @@ def evaluate_at(model, split, size, shape, out_dir, context, batch_size, n_panel
         save_figure(fig, out_dir / f"panel_pair{index}.png")
 
     metrics = register_split(model, data, split.label_ids, batch_size, spacing, panel_pairs(len(data), n_panels),
-                             draw, progress, desc=f"{context['checkpoint']} {'x'.join(map(str, shape))}", refine=refine)
+                             draw, progress, desc=f"{context['checkpoint']} {'x'.join(map(str, shape))}", refine=refine,
+                             cuda_graphs=cuda_graphs)
     del data  # free the resized split (device memory) before the next size
     if metrics.labelled.any():
         title = (f"{context['split']} split, {int(metrics.labelled.sum())} pairs, {context['checkpoint']} at "
@@ -271,7 +275,7 @@ def _data_from(config_file, config, dim, exp_num, progress):
 
 def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test", gpu_num=0, batch_size=None,
                         n_panels=N_PANELS, progress=True, score_on="native", config_file=None, refine=0,
-                        refine_lr=DEFAULT_REFINE_LR, fold_repair=None):
+                        refine_lr=DEFAULT_REFINE_LR, fold_repair=None, cuda_graphs=False):
     """Evaluate experiment ``exp_num`` at each requested size; the API behind ``evaluate_<dim>d.py``.
 
     Parameters
@@ -308,6 +312,9 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
     fold_repair : {"on", "off"}, optional
         Override the trained FNOReg's ``fold_repair`` (:func:`engine.checkpoint.set_fold_repair`);
         outputs go to ``_repair<on|off>`` folders and the summaries record the setting that ran.
+    cuda_graphs : bool
+        On a GPU, replay the model's calls from CUDA graphs (:mod:`models.graphed`; opt-in). The
+        summaries record ``cuda_graphs``; the figures are the eager ones to float rounding.
 
     Returns
     -------
@@ -337,6 +344,7 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
     device = select_device(gpu_num)
     model, info = load_model(folder, ckpt_epoch, device)
     info = set_fold_repair(model, info, fold_repair)
+    cuda_graphs = cuda_graphs_on(cuda_graphs, device)
     trained, edited = _trained_config(config, info, dim, exp_num, folder)
     trained_data = trained["data_config"]
     if edited and config_file is None:  # never into the folders of the data the weights were trained on
@@ -372,7 +380,7 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
                "antialias": antialias, "data_config_edited_since_training": edited,
                "device": str(device), "versions": xp.software_versions(), "git_commit": xp.git_commit(),
                "refine_steps": refine, "refine_lr": refine_lr if refine else None,
-               "fold_repair_override": info.get("fold_repair_override")}
+               "fold_repair_override": info.get("fold_repair_override"), "cuda_graphs": cuda_graphs}
     loss = refine_loss(RegistrationLoss.from_config(trained["train_config"]))  # the loss it was trained with
     if refine:
         context["refine_loss"] = {k: getattr(loss, k) for k in ("similarity", "reg_param", "jac_param", "ncc_window")}
@@ -387,7 +395,7 @@ def evaluate_experiment(dim, exp_num, ckpt_epoch=None, sizes=None, split="test",
     for size, shape in shapes:
         out_dir = output_folder(folder, info["checkpoint"], size, split, tag, score_on, refine, fold_repair)
         summaries.append(evaluate_at(model, data, size, shape, out_dir, context, batch_size, n_panels, progress,
-                                     antialias, score_on, refiner if refine else None))
+                                     antialias, score_on, refiner if refine else None, cuda_graphs))
         if progress:
             print(f"wrote {out_dir}", file=sys.stderr)
     return summaries
@@ -399,7 +407,7 @@ def evaluate_main(dim, argv=None):
     summaries = evaluate_experiment(dim, args.exp_num, args.ckpt_epoch, args.size, args.split, args.gpu_num,
                                     args.batch_size, args.n_panels, score_on=args.score_on,
                                     config_file=args.config_file, refine=args.refine, refine_lr=args.refine_lr,
-                                    fold_repair=args.fold_repair)
+                                    fold_repair=args.fold_repair, cuda_graphs=args.cuda_graphs)
     print_report(dim, summaries)
     return 0
 

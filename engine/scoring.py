@@ -22,7 +22,7 @@ from tqdm import tqdm
 from data.resize import resize_images
 from engine.metrics import dice_per_label, folding_percent, hd95_per_label, jacobian_determinant, sdlogj
 from models import warp
-from models.spectral import weight_cache
+from models.graphed import inference_session
 from utils.device import synchronize
 
 
@@ -103,7 +103,7 @@ def timed_registration(model, moving, fixed, device):
 
 @torch.inference_mode()
 def register_split(model, data, label_ids, batch_size, hd95_spacing=None, panels=(), on_panel=None,
-                   progress=True, desc="pairs", refine=None):
+                   progress=True, desc="pairs", refine=None, cuda_graphs=False):
     """Register every pair of ``data`` and score it.
 
     Parameters
@@ -132,6 +132,9 @@ def register_split(model, data, label_ids, batch_size, hd95_spacing=None, panels
     refine : callable, optional
         ``refine(moving, fixed, flow) -> flow``, per-pair refinement (:mod:`engine.refine`) applied
         to each batch's field; the network's own field is scored too (``PairMetrics.network``).
+    cuda_graphs : bool
+        On CUDA, replay the model's calls from CUDA graphs (:mod:`models.graphed`); the model's
+        own eager call elsewhere.
 
     Returns
     -------
@@ -139,11 +142,11 @@ def register_split(model, data, label_ids, batch_size, hd95_spacing=None, panels
 
     Notes
     -----
-    Runs inside :func:`models.spectral.weight_cache`: each spectral layer rebuilds its weight once
-    per input size instead of once per batch; the cache is freed on return.
+    Runs inside :func:`models.graphed.inference_session`: each spectral layer rebuilds its weight
+    once per input size instead of once per batch; the cache (and any graph) is freed on return.
     """
-    with weight_cache(model):
-        return _register_split(model, data, label_ids, batch_size, hd95_spacing, panels, on_panel, progress, desc,
+    with inference_session(model, cuda_graphs) as run:
+        return _register_split(run, data, label_ids, batch_size, hd95_spacing, panels, on_panel, progress, desc,
                                refine)
 
 

@@ -271,16 +271,46 @@ class FNOReg(nn.Module):
         if self.training:
             seen = torch.tensor(shape, dtype=torch.long, device=self.trained_shape.device)
             self.trained_shape.copy_(torch.maximum(self.trained_shape, seen))
+        return self.field(self.network(moving, fixed))
+
+    def network(self, moving, fixed):
+        """The network's own output, (batch, dim, *spatial), for inputs already checked.
+
+        A velocity when ``diffeomorphic``, else the displacement; before :meth:`field`'s band
+        limit, integration and fold repair.
+        """
         x = self.lifting(torch.cat([moving, fixed], dim=1))
         x = self._block(self.encoder, x)
         for layer in self.layers:
             x = self._block(layer, x)
-        flow = self._project(self._block(self.decoder, x))
+        return self._project(self._block(self.decoder, x))
+
+    def field(self, raw):
+        """The displacement from :meth:`network`'s output: band limit, integration, fold repair.
+
+        The band limit and the fold repair act in evaluation only, as in :meth:`forward`.
+        """
         if self.band_limit and not self.training:
-            flow = _band_limit(flow, self.trained_shape.tolist())
+            raw = _band_limit(raw, self.trained_shape.tolist())
         if self.fold_repair and not self.training:
-            return repair_folds(flow, self.integrate)[0]
-        return self.integrate(flow) if self.integrate is not None else flow
+            return repair_folds(raw, self.integrate)[0]
+        return self.integrate(raw) if self.integrate is not None else raw
+
+    def graph_parts(self):
+        """``(core, finish)``: the inference call split for a CUDA graph (:mod:`utils.cuda_graphs`).
+
+        ``core(moving, fixed)`` holds no host synchronisation and is captured; ``finish`` (None:
+        nothing) runs eagerly on its output. The band limit reads the training shape on the host
+        and the fold repair branches on whether anything folds, so with either of them the core
+        ends at the network's output; otherwise it is the whole forward pass.
+        """
+        if self.band_limit or self.fold_repair:
+            def core(moving, fixed):
+                check_image_pair(moving, fixed, self.dim)
+                return self.network(moving, fixed)
+
+            return core, self.field
+        return self.forward, None
 
     def _block(self, block, x):
         """``block(x)``, checkpointed in training when ``checkpointing`` is on."""

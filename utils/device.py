@@ -31,3 +31,11 @@ def synchronize(device):
     """Wait for queued work on ``device`` (a no-op on the CPU); needed for honest timings."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def cuda_graphs_on(requested, device):
+    """Whether ``--cuda_graphs`` takes effect on ``device``; a notice when it was asked for on the CPU."""
+    if requested and torch.device(device).type != "cuda":
+        print("notice: --cuda_graphs has no effect on the CPU", file=sys.stderr)
+        return False
+    return bool(requested)

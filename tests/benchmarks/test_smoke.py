@@ -55,6 +55,14 @@ def test_scaling_exponents_fit_each_dimension_apart():
     assert slopes["m (2D)"]["inference"] == pytest.approx(1.0) and slopes["m (3D)"]["inference"] == pytest.approx(2.0)
 
 
+def test_speed_cuda_graphs_flag_leaves_the_cpu_eager():
+    entries = common.parse_models(["fnoreg/small"], add_reference=False)
+    cells = bench_speed.bench(entries, [("16x32", (16, 32))], [bench_speed.torch.device("cpu")], 1, 5,
+                              modes=("inference",), progress=False, cuda_graphs=True)
+    assert cells[0]["status"] == "ok" and "graph_replays" not in cells[0]
+    assert "(eager)" not in bench_speed._cell_text(cells[0])
+
+
 def test_speed_skips_what_cannot_run():
     entries = common.parse_models(["transmorph/base"], add_reference=False)
     cells = bench_speed.bench(entries, [("16x16", (16, 16))], [bench_speed.torch.device("cpu")], 1, 5,

@@ -144,3 +144,53 @@ def test_spectral_kernels_gradcheck_on_cuda(dim, sizes, kept, norm):
     assert torch.autograd.gradcheck(lambda a, b: SpectralFunction.apply(a, b, width, lead, norm), (x, w))
     assert torch.autograd.gradcheck(
         lambda a, b, c, d: FourierLayerFunction.apply(a, b, c, d, width, lead, norm, True), (x, w, pw, pb))
+
+
+# -- CUDA graphs (models.graphed, utils.cuda_graphs) -------------------------------------------
+GRAPH_CASES = [c for c in CASES if c[0] in ("fnoreg", "voxelmorph", "fouriernet") and not c[1].get("checkpointing")]
+
+
+@pytest.mark.parametrize("case", GRAPH_CASES, ids=[_ids(c) for c in GRAPH_CASES])
+def test_cuda_graph_replays_the_eager_call(case):
+    from models.graphed import inference_session
+
+    name, config, dim, sizes = case
+    _, gpu = _models(name, config, dim)
+    gpu.eval()
+    with torch.inference_mode(), inference_session(gpu, cuda_graphs=True) as run:
+        for shape in sizes:
+            first = [t.to(CUDA) for t in _pair(dim, shape)]
+            second = [t.flip(-1) for t in first]  # same shape, other values: the replay must follow them
+            got_first = run(*first)
+            got_second = run(*second)
+            _close(got_first.cpu(), gpu(*first).cpu(), 1e-5)  # the first output was not overwritten
+            _close(got_second.cpu(), gpu(*second).cpu(), 1e-5)
+        assert not run.eager_reasons, run.eager_reasons
+        assert run.replays == 2 * len(sizes)
+
+
+def test_cuda_graph_follows_a_parameter_change():
+    from models.graphed import inference_session
+
+    _, gpu = _models("fnoreg", {"preset": "small", "diffeomorphic": True, "fold_repair": True}, 2)
+    gpu.eval()
+    pair = [t.to(CUDA) for t in _pair(2, (80, 96))]
+    with torch.inference_mode(), inference_session(gpu, cuda_graphs=True) as run:
+        before = run(*pair)
+        with torch.no_grad():
+            gpu.projection[-1].weight.mul_(2)
+            gpu.layers[0].spectral.weight.core.mul_(-1)
+        after = run(*pair)
+        _close(after.cpu(), gpu(*pair).cpu(), 1e-5)
+        assert (after - before).abs().max() > 1e-4
+
+
+def test_cuda_graph_leaves_a_syncing_function_eager():
+    from utils.cuda_graphs import GraphCache
+
+    cache = GraphCache(lambda x: x * float(x.sum()))
+    x = torch.rand(5, device=CUDA)
+    with torch.inference_mode():
+        assert torch.allclose(cache(x), x * x.sum())
+        assert torch.allclose(cache(2 * x), 2 * x * (2 * x).sum())
+    assert cache.replays == 0 and cache.eager_reasons

@@ -1,0 +1,227 @@
+"""CUDA graphs for inference: a captured call replayed as one launch instead of hundreds.
+
+On a GPU, a 2D FNOReg forward pass is bound by the host launching its ~500 small operations
+(about 8 ms per pair on an H200, where the GPU's own work is a fraction of that; see
+``benchmarks/README.md``). A CUDA graph records the kernels of one call with its input shapes
+once and replays them with a single launch; the host cost then no longer grows with the number of
+operations.
+
+:class:`GraphCache` wraps a function of tensors. On CUDA, with autograd off, each new input
+signature (shapes, dtypes, device) is captured once, after an eager warm-up on a side stream
+(which also creates cuFFT/cuBLAS plans and fills the weight caches that the graph then reads);
+later calls with that signature copy their inputs into the graph's static inputs, replay it and
+return a copy of its outputs. Everywhere else it calls the function as it is.
+
+What keeps a replay honest:
+
+- **No host synchronisation inside.** A graph replays kernels only; Python branches on tensor
+  values (``bool(x.any())``, ``.item()``, ``.tolist()``), data-dependent shapes (``nonzero``,
+  boolean masks) and copies between host and device would be frozen at their captured values
+  or fail to capture. The warm-up call runs under :class:`SyncScan`, which lists such
+  operations; a function that issues any is never captured and runs eagerly (the reason is kept
+  in :attr:`GraphCache.eager_reasons`). Models split their forward pass so that the part before
+  such a branch is captured (``graph_parts``, e.g. :meth:`models.fnoreg.FNOReg.graph_parts`).
+- **Checked once against the eager result.** After capture the graph is replayed on the warm-up
+  inputs and compared with the eager call; any difference beyond float rounding drops the graph
+  and the signature runs eagerly from then on.
+- **Parameters that change invalidate every graph.** A graph reads the addresses of the tensors
+  it saw. ``GraphCache(fn, watch=model)`` records the data pointer and version of every
+  parameter and buffer at capture and, on each call, drops all graphs when any differs (an
+  optimiser step, ``load_state_dict``, a device move).
+- **Lifetime.** Tensors cached outside the graph (a spectral layer's rebuilt weight inside
+  :func:`models.spectral.weight_cache`) must outlive it: use the cache inside that block and
+  call :meth:`GraphCache.clear` before it ends (:func:`models.graphed.graphed_inference` does
+  both).
+
+Each captured signature holds its own memory pool (about one forward pass's activations); at
+most ``max_graphs`` are kept, the oldest dropped first.
+"""
+
+import collections
+import warnings
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+# Operations that read a tensor's value on the host, or whose output shape depends on values.
+SYNC_OPS = frozenset({
+    "aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::equal", "aten::allclose",
+    "aten::nonzero", "aten::nonzero_static", "aten::argwhere", "aten::masked_select", "aten::_unique",
+    "aten::_unique2", "aten::unique_dim", "aten::unique_consecutive", "aten::unique_dim_consecutive",
+    "aten::bincount", "aten::histc", "aten::repeat_interleave.Tensor",
+})
+_INDEXING = frozenset({"aten::index", "aten::index_put", "aten::index_put_", "aten::_index_put_impl_"})
+
+
+def _tensors(tree):
+    if torch.is_tensor(tree):
+        yield tree
+    elif isinstance(tree, (list, tuple)):
+        for item in tree:
+            yield from _tensors(item)
+    elif isinstance(tree, dict):
+        for item in tree.values():
+            yield from _tensors(item)
+
+
+class SyncScan(TorchDispatchMode):
+    """Records the operations of a call that a CUDA graph cannot replay faithfully.
+
+    ``found`` lists, in order, the name of each operation that synchronises with the host or
+    has a value-dependent output shape (:data:`SYNC_OPS`, indexing with a boolean mask) and each
+    one whose tensors lie on more than one device (a copy between host and device, or a host
+    tensor read by a device kernel, whose value a graph would freeze). Works on any device, so
+    the same check runs in CPU tests.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.found = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func._schema.name
+        overload = f"{name}.{func._overloadname}" if func._overloadname != "default" else name
+        out = func(*args, **kwargs)
+        if name in SYNC_OPS or overload in SYNC_OPS:
+            self.found.append(name)
+        elif name in _INDEXING and any(t.dtype in (torch.bool, torch.uint8) for t in _tensors(args[1:2])):
+            self.found.append(f"{name} (boolean mask)")
+        else:
+            devices = {t.device for t in _tensors((args, kwargs, out))}
+            if len(devices) > 1:
+                self.found.append(f"{name} ({', '.join(sorted(str(d) for d in devices))})")
+        return out
+
+
+def host_syncs(fn, *args):
+    """``(fn(*args), names)``: the result and the operations :class:`SyncScan` flags in the call."""
+    with SyncScan() as scan:
+        out = fn(*args)
+    return out, scan.found
+
+
+def _outputs(out):
+    """The tensors of ``out`` (a tensor or a tuple of tensors) and a function rebuilding it."""
+    if torch.is_tensor(out):
+        return [out], lambda ts: ts[0]
+    if isinstance(out, tuple) and all(torch.is_tensor(t) for t in out):
+        return list(out), tuple
+    raise TypeError(f"a graphed function must return a tensor or a tuple of tensors, got {type(out).__name__}")
+
+
+def _close(a, b):
+    scale = float(b.abs().max()) if b.numel() else 0.0
+    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-4, atol=1e-6 + 1e-5 * scale))
+
+
+class _Entry:
+    __slots__ = ("graph", "inputs", "outputs", "rebuild")
+
+
+class GraphCache:
+    """``fn(*tensors)`` replayed from a CUDA graph per input signature (see the module docstring).
+
+    Parameters
+    ----------
+    fn : callable
+        A function of tensors returning a tensor or a tuple of tensors; called with autograd off.
+    watch : torch.nn.Module, optional
+        Module whose parameters and buffers ``fn`` reads: when any of them changes (data pointer
+        or version), every graph is dropped and captured again.
+    max_graphs : int
+        Signatures kept; the least recently used is dropped first.
+    warmup : int
+        Eager calls before a capture (the first one scanned with :class:`SyncScan`).
+
+    Attributes
+    ----------
+    replays : int
+        Calls answered by a graph.
+    eager_reasons : dict
+        Signature -> why it runs eagerly (operations found, a failed capture or check).
+    """
+
+    def __init__(self, fn, watch=None, max_graphs=4, warmup=2):
+        self.fn = fn
+        self.watch = watch
+        self.max_graphs = max_graphs
+        self.warmup = max(1, warmup)
+        self.graphs = collections.OrderedDict()
+        self.eager_reasons = {}
+        self.replays = 0
+        self._state = None
+
+    def _watched_state(self):
+        if self.watch is None:
+            return None
+        return tuple((t.data_ptr(), t._version) for t in (*self.watch.parameters(), *self.watch.buffers()))
+
+    def clear(self):
+        """Drop every graph (and its memory pool); signatures found uncapturable stay eager."""
+        self.graphs.clear()
+        self._state = None
+
+    def __call__(self, *inputs):
+        if torch.is_grad_enabled() or not inputs or not all(torch.is_tensor(t) and t.is_cuda for t in inputs):
+            return self.fn(*inputs)
+        key = tuple((tuple(t.shape), t.dtype, t.device) for t in inputs)
+        if key in self.eager_reasons:
+            return self.fn(*inputs)
+        state = self._watched_state()
+        if state != self._state:
+            self.clear()
+            self._state = state
+        entry = self.graphs.get(key)
+        if entry is None:
+            entry, out = self._capture(key, inputs)
+            if entry is None:
+                return out
+        self.graphs.move_to_end(key)
+        for static, t in zip(entry.inputs, inputs):
+            static.copy_(t)
+        entry.graph.replay()
+        self.replays += 1
+        return entry.rebuild([t.clone() for t in entry.outputs])
+
+    def _capture(self, key, inputs):
+        """Warm up, scan, capture and check one signature: (entry or None, the eager result)."""
+        device = inputs[0].device
+        # Ordinary tensors, not inference tensors: later calls may copy into them outside inference mode.
+        with torch.inference_mode(False), torch.no_grad():
+            static = [t.clone() for t in inputs]
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            expected, found = host_syncs(self.fn, *static)
+            for _ in range(self.warmup - 1):
+                self.fn(*static)
+        torch.cuda.current_stream(device).wait_stream(side)
+        expected_tensors, rebuild = _outputs(expected)
+        if found:
+            self.eager_reasons[key] = "host synchronisation: " + ", ".join(dict.fromkeys(found))
+            return None, expected
+        entry = _Entry()
+        entry.inputs, entry.rebuild, entry.graph = static, rebuild, torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(entry.graph):
+                entry.outputs = _outputs(self.fn(*static))[0]
+            entry.graph.replay()
+            torch.cuda.synchronize(device)
+        except RuntimeError as error:  # a capture the scan did not foresee: run this signature eagerly
+            torch.cuda.synchronize(device)
+            self.eager_reasons[key] = f"capture failed: {str(error).splitlines()[0]}"
+            warnings.warn(f"CUDA graph capture failed, running eagerly: {self.eager_reasons[key]}", stacklevel=3)
+            return None, expected
+        if len(entry.outputs) != len(expected_tensors) or not all(
+                _close(a, b) for a, b in zip(entry.outputs, expected_tensors)):
+            self.eager_reasons[key] = "the replay differed from the eager call"
+            warnings.warn("a CUDA graph's replay differed from the eager call; running eagerly", stacklevel=3)
+            return None, expected
+        self.graphs[key] = entry
+        while len(self.graphs) > self.max_graphs:
+            self.graphs.popitem(last=False)
+        return entry, expected
+
+
+__all__ = ["GraphCache", "SyncScan", "host_syncs", "SYNC_OPS"]
