@@ -131,6 +131,16 @@ def test_same_checkpoint_twice_gives_identical_metrics(exp_root, capsys):
     assert "Dice before" in out and f"{second[0]['dice_mean']:.4f}" in out
 
 
+def test_cuda_graphs_flag_on_the_cpu_is_a_notice_and_changes_nothing(exp_root, capsys):
+    folder = default_eval(exp_root, 2)
+    plain = json.loads((folder / "summary.json").read_text())
+    assert plain["cuda_graphs"] is False
+    assert evaluate(2, "--exp_num", "1", "--n_panels", "2", "--cuda_graphs") == 0
+    assert "--cuda_graphs has no effect on the CPU" in capsys.readouterr().err
+    graphed = json.loads((folder / "summary.json").read_text())
+    assert graphed["cuda_graphs"] is False and metrics_only(graphed) == metrics_only(plain)
+
+
 def test_several_sizes_give_one_folder_each(exp_root, capsys):
     assert evaluate(2, "--exp_num", "1", "--size", "16", "24", "--n_panels", "1", "--batch_size", "3") == 0
     eval_dir = exp_root / "2d" / "exp1" / "eval"
