@@ -28,10 +28,11 @@ What keeps a replay honest:
   it saw. ``GraphCache(fn, watch=model)`` records the data pointer and version of every
   parameter and buffer at capture and, on each call, drops all graphs when any differs (an
   optimiser step, ``load_state_dict``, a device move).
-- **Lifetime.** Tensors cached outside the graph (a spectral layer's rebuilt weight inside
-  :func:`models.spectral.weight_cache`) must outlive it: use the cache inside that block and
-  call :meth:`GraphCache.clear` before it ends (:func:`models.graphed.graphed_inference` does
-  both).
+- **Lifetime.** A graph reads tensors made outside it (parameters, a spectral layer's rebuilt
+  weight inside :func:`models.spectral.weight_cache`, the warp's cached sampling grid): each
+  graph holds a reference to every tensor its scanned warm-up call read and did not make, so
+  none of them is freed and reused under it while it lives. :func:`models.graphed.inference_session`
+  frees the graphs before the weight cache.
 
 Each captured signature holds its own memory pool (about one forward pass's activations); at
 most ``max_graphs`` are kept, the oldest dropped first.
@@ -67,6 +68,10 @@ def _tensors(tree):
 class SyncScan(TorchDispatchMode):
     """Records the operations of a call that a CUDA graph cannot replay faithfully.
 
+    Also collects in ``external`` every tensor the call reads that it did not make (parameters,
+    cached weights, a cached sampling grid, the inputs): a graph of the call reads their memory,
+    so it must keep them alive.
+
     ``found`` lists, in order, the name of each operation that synchronises with the host or
     has a value-dependent output shape (:data:`SYNC_OPS`, indexing with a boolean mask) and each
     one whose tensors lie on more than one device (a copy between host and device, or a host
@@ -77,12 +82,19 @@ class SyncScan(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.found = []
+        self.external = []
+        self._made = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = func._schema.name
         overload = f"{name}.{func._overloadname}" if func._overloadname != "default" else name
+        for t in _tensors((args, kwargs)):
+            if t.device.type != "meta" and _storage(t) not in self._made:
+                self._made.add(_storage(t))  # seen once is enough
+                self.external.append(t)
         out = func(*args, **kwargs)
+        self._made.update(_storage(t) for t in _tensors(out) if t.device.type != "meta")
         if name in SYNC_OPS or overload in SYNC_OPS:
             self.found.append(name)
         elif name in _INDEXING and any(t.dtype in (torch.bool, torch.uint8) for t in _tensors(args[1:2])):
@@ -92,6 +104,10 @@ class SyncScan(TorchDispatchMode):
             if len(devices) > 1:
                 self.found.append(f"{name} ({', '.join(sorted(str(d) for d in devices))})")
         return out
+
+
+def _storage(t):
+    return t.untyped_storage().data_ptr(), t.device
 
 
 def host_syncs(fn, *args):
@@ -116,7 +132,7 @@ def _close(a, b):
 
 
 class _Entry:
-    __slots__ = ("graph", "inputs", "outputs", "rebuild")
+    __slots__ = ("graph", "inputs", "outputs", "rebuild", "keep")
 
 
 class GraphCache:
@@ -132,7 +148,8 @@ class GraphCache:
     max_graphs : int
         Signatures kept; the least recently used is dropped first.
     warmup : int
-        Eager calls before a capture (the first one scanned with :class:`SyncScan`).
+        Eager calls before a capture; the last one is scanned with :class:`SyncScan` (the
+        earlier ones may fill lazy caches, which a replay does not repeat).
 
     Attributes
     ----------
@@ -193,16 +210,18 @@ class GraphCache:
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
-            expected, found = host_syncs(self.fn, *static)
-            for _ in range(self.warmup - 1):
+            for _ in range(self.warmup - 1):  # fills lazy caches (weights, grids, FFT plans)
                 self.fn(*static)
+            with SyncScan() as scan:  # the last warm-up call is the one a replay stands for
+                expected = self.fn(*static)
         torch.cuda.current_stream(device).wait_stream(side)
         expected_tensors, rebuild = _outputs(expected)
-        if found:
-            self.eager_reasons[key] = "host synchronisation: " + ", ".join(dict.fromkeys(found))
+        if scan.found:
+            self.eager_reasons[key] = "host synchronisation: " + ", ".join(dict.fromkeys(scan.found))
             return None, expected
         entry = _Entry()
         entry.inputs, entry.rebuild, entry.graph = static, rebuild, torch.cuda.CUDAGraph()
+        entry.keep = scan.external  # what the graph reads and did not make: a freed cache would be garbage
         try:
             with torch.cuda.graph(entry.graph):
                 entry.outputs = _outputs(self.fn(*static))[0]

@@ -96,3 +96,25 @@ def test_graphed_model_in_training_mode_is_the_model():
     torch.manual_seed(0)
     out = GraphedModel(model)(moving, fixed)
     assert out.requires_grad and torch.equal(out, expected)
+
+
+def test_scan_lists_what_a_graph_of_the_call_must_keep_alive():
+    from models.batchnorm import FOLD_CACHE
+    from models.spectral import weight_cache
+    from utils.cuda_graphs import SyncScan
+
+    model = _fnoreg({"preset": "small", "diffeomorphic": True})
+    moving, fixed = _pair((40, 48))
+    with torch.inference_mode(), weight_cache(model):
+        model(moving, fixed)  # fills the weight and fold caches and the warp's grid
+        with SyncScan() as scan:
+            model(moving, fixed)
+        spectral = [m._cache[1] for m in model.modules() if isinstance(m, SpectralConv)]
+        folded = [t for m in model.modules() for t in getattr(m, FOLD_CACHE, {}).get("folded", ())]
+    storage = lambda t: t.untyped_storage().data_ptr()  # noqa: E731
+    long_lived = {storage(t) for t in [*model.parameters(), *model.buffers(), moving, fixed, *spectral, *folded]}
+    external = {storage(t) for t in scan.external}
+    assert {storage(t) for t in spectral + folded} <= external  # the caches a replay reads
+    extra = [t for t in scan.external if storage(t) not in long_lived]
+    # Beyond those, only the integration's cached identity grid: no intermediate of the call.
+    assert len(extra) == 1 and tuple(extra[0].shape) == (1, 40, 48, 2)
