@@ -27,7 +27,7 @@ from utils.fields import check_image_pair
 from .bandlimit import band_limit as _band_limit
 from .batchnorm import frozen_statistics
 from .ffc import FFCResidualBlock
-from .foldrepair import repair_folds
+from .foldrepair import fold_check, repair_folds
 from .integrate import ScalingSquaring
 from .nd import check_dim, conv
 from .spectral import SpectralConv
@@ -300,16 +300,28 @@ class FNOReg(nn.Module):
         """``(core, finish)``: the inference call split for a CUDA graph (:mod:`utils.cuda_graphs`).
 
         ``core(moving, fixed)`` holds no host synchronisation and is captured; ``finish`` (None:
-        nothing) runs eagerly on its output. The band limit reads the training shape on the host
-        and the fold repair branches on whether anything folds, so with either of them the core
-        ends at the network's output; otherwise it is the whole forward pass.
+        nothing) runs eagerly on its output (a tuple is passed as arguments). The band limit
+        reads the training shape on the host, so with it the core ends at the network's output.
+        The fold repair branches on whether anything folds: the core also integrates and checks
+        for folds (:func:`models.foldrepair.fold_check`), and ``finish`` reads that one flag and
+        repairs only when it is set. Otherwise the core is the whole forward pass.
         """
-        if self.band_limit or self.fold_repair:
+        if self.band_limit:
             def core(moving, fixed):
                 check_image_pair(moving, fixed, self.dim)
                 return self.network(moving, fixed)
 
             return core, self.field
+        if self.fold_repair:
+            def core(moving, fixed):  # the network, the integration and the fold check
+                check_image_pair(moving, fixed, self.dim)
+                raw = self.network(moving, fixed)
+                return (raw, *fold_check(raw, self.integrate))
+
+            def finish(raw, flow, folds):  # one host read; the repair itself only where something folds
+                return repair_folds(raw, self.integrate)[0] if bool(folds) else flow
+
+            return core, finish
         return self.forward, None
 
     def _block(self, block, x):

@@ -58,6 +58,23 @@ def _dilate(mask, radius):
     return mask
 
 
+def _folded(flow):
+    """(B, 1, *spatial) mask of the pixels where the map of displacement ``flow`` folds (J <= 0)."""
+    return (jacobian_determinant(flow) <= 0).unsqueeze(1)
+
+
+def fold_check(field, integrate=None):
+    """The first step of :func:`repair_folds` without its branch: ``(displacement, folds)``.
+
+    ``folds`` is a 0-dimensional bool tensor, True when the map of any pair of the batch folds;
+    when it is False, :func:`repair_folds` returns exactly this displacement. Reading it is the
+    only host synchronisation, so the rest can run inside a CUDA graph
+    (:meth:`models.fnoreg.FNOReg.graph_parts`).
+    """
+    flow = integrate(field) if integrate is not None else field
+    return flow, _folded(flow).any()
+
+
 def repair_folds(field, integrate=None, sigma=SIGMA, radius=RADIUS, max_passes=MAX_PASSES):
     """Smooth ``field`` around the pixels where its map folds, until none does.
 
@@ -86,7 +103,7 @@ def repair_folds(field, integrate=None, sigma=SIGMA, radius=RADIUS, max_passes=M
     integrate = integrate if integrate is not None else (lambda v: v)
     for passes in range(max_passes):
         flow = integrate(field)
-        folded = (jacobian_determinant(flow) <= 0).unsqueeze(1)
+        folded = _folded(flow)
         if not bool(folded.any()):
             return flow, passes
         width, reach = pass_widths(passes, sigma, radius)
@@ -96,4 +113,4 @@ def repair_folds(field, integrate=None, sigma=SIGMA, radius=RADIUS, max_passes=M
     return integrate(field), max_passes
 
 
-__all__ = ["repair_folds"]
+__all__ = ["fold_check", "repair_folds"]

@@ -41,7 +41,9 @@ class GraphedModel:
         if self.model.training:
             return self.model(moving, fixed)
         out = self.graphs(moving, fixed)
-        return self.finish(out) if self.finish is not None else out
+        if self.finish is None:
+            return out
+        return self.finish(*out) if isinstance(out, tuple) else self.finish(out)
 
     @property
     def replays(self):

@@ -23,12 +23,12 @@ FNOREG_CONFIGS = [
 SHAPES = [(48, 64), (45, 53), (21, 17)]
 
 
-def _fnoreg(config):
+def _fnoreg(config, head=0.05):
     torch.manual_seed(0)
     model = build_model("fnoreg", config, 2)
     with torch.no_grad():  # a head that predicts something, and a training shape for the band limit
         for p in model.projection[-1].parameters():
-            p.normal_(0, 0.05)
+            p.normal_(0, head)
         model.trained_shape.copy_(torch.tensor([24, 32]))
     return model.eval()
 
@@ -47,11 +47,27 @@ def test_fnoreg_split_is_its_forward_and_its_core_never_syncs(config, shape):
     with torch.inference_mode():
         expected = model(moving, fixed)
         assert torch.equal(model.field(model.network(moving, fixed)), expected)
-        raw, found = host_syncs(core, moving, fixed)
+        out, found = host_syncs(core, moving, fixed)
         assert found == []
-        assert torch.equal(finish(raw) if finish is not None else raw, expected)
+        if finish is not None:
+            out = finish(*out) if isinstance(out, tuple) else finish(out)
+        assert torch.equal(out, expected)
     # With neither the band limit nor the fold repair the whole call is the core.
     assert (finish is None) == (not config.get("band_limit") and not config.get("fold_repair"))
+
+
+@pytest.mark.parametrize("head", [0.05, 3.0], ids=["clean", "folding"])
+def test_fold_repair_split_repairs_only_when_the_captured_check_says_so(head):
+    from models.foldrepair import repair_folds
+
+    model = _fnoreg({"preset": "small", "diffeomorphic": True, "fold_repair": True}, head)
+    moving, fixed = _pair((48, 64))
+    core, finish = model.graph_parts()
+    with torch.inference_mode():
+        raw, flow, folds = core(moving, fixed)
+        passes = repair_folds(raw, model.integrate)[1]
+        assert bool(folds) == (passes > 0) and bool(folds) == (head > 1)
+        assert torch.equal(finish(raw, flow, folds), model(moving, fixed))
 
 
 def test_fold_repair_is_what_keeps_the_whole_call_out_of_a_graph():
