@@ -1,18 +1,22 @@
-"""One short GPU session: the CUDA tests, the demos on the GPU, memory and speed of every model.
+"""One short GPU session: the CUDA tests, CUDA graphs, the demos on the GPU, memory and speed.
 
-    python benchmarks/gpu_check.py [--gpu_num 0] [--out gpu_check] [--skip tests demos memory speed]
+    python benchmarks/gpu_check.py [--gpu_num 0] [--out gpu_check] [--skip tests graphs memory demos speed]
 
 What a session with a GPU should run first, in the order of what it is worth: the CUDA-against-
-CPU tests (``tests/models/test_cuda.py``, CUDA graphs included), the 3D memory of every model
-at half and full size with FNOReg's published config checkpointed and not
-(``bench_memory.py --jobs 6``), the 2D and 3D demos trained and evaluated on the GPU, and the
-speed of every model at the four sizes (``bench_speed.py``), after 2D inference replayed from
-CUDA graphs (``--cuda_graphs``, about 2 more minutes; never yet run on a GPU). Each step runs as a subprocess with its own time limit and writes its log
-into ``--out``; a step that fails or runs out of time is reported and the next one runs. The
-whole took about 10 minutes on an NVIDIA H200 (tests 2.5, memory 2, demos 2, speed 2 minutes),
-with the experiments of the demos in ``--out/experiments`` so that nothing of the user's is
-touched. The figures go where each benchmark writes them (``--out/memory``,
-``--out/speed2d_graphs``, ``--out/speed2d``, ``--out/speed3d``); ``benchmarks/results/cuda/`` holds the ones of the first run.
+CPU tests (``tests/models/test_cuda.py``, CUDA graphs included); 2D inference of every model
+replayed from CUDA graphs (``bench_speed.py --cuda_graphs``, never yet run on a GPU); the 3D
+memory of every model at half and full size with FNOReg's published config checkpointed and not
+(``bench_memory.py --jobs 6``); the 2D and 3D demos trained and evaluated on the GPU; and the
+speed of every model at the four sizes (``bench_speed.py``). Each step runs as a subprocess with
+its own time limit and writes its log into ``--out``; a step that fails or runs out of time is
+reported and the next one runs. The first run took about 10 minutes on an NVIDIA H200 (tests
+2.5, memory 2, demos 2, speed 2 minutes; the graphs step came later, about 2 minutes more), with
+the experiments of the demos in ``--out/experiments`` so that nothing of the user's is touched.
+Where a session's device time is short (about 10 minutes a command), run
+``--skip memory demos speed`` first (the tests and the graphs, what has never run on a GPU), then
+the rest. The figures go where each benchmark writes them (``--out/speed2d_graphs``,
+``--out/memory``, ``--out/speed2d``, ``--out/speed3d``); ``benchmarks/results/cuda/`` holds the
+ones of the first run.
 
 Without CUDA it stops at once with exit status 2.
 """
@@ -26,7 +30,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = ("tests", "memory", "demos", "speed")
+STEPS = ("tests", "graphs", "memory", "demos", "speed")
 
 
 def plan(gpu, out):
@@ -36,6 +40,10 @@ def plan(gpu, out):
     return [
         ("tests", [("CUDA against the CPU", ["-m", "pytest", "-q", "-p", "no:cacheprovider",
                                              "tests/models/test_cuda.py"], 300)]),
+        ("graphs", [("2D inference replayed from CUDA graphs, every model",
+                     ["benchmarks/bench_speed.py", "--gpu_num", g, "--sizes", "2d_half", "2d_full", "--modes",
+                      "inference", "--cuda_graphs", "--repeats", "20", "--max_seconds", "6", "--no_plot",
+                      "--out", str(out / "speed2d_graphs")], 240)]),
         ("memory", [("3D memory, every model", ["benchmarks/bench_memory.py", "--gpu_num", g,
                                                 "--configs", f"fnoreg3d_ckpt={ckpt}", "--sizes", "3d_half",
                                                 "3d_full", "--jobs", "6", "--timeout", "150",
@@ -45,11 +53,7 @@ def plan(gpu, out):
                                             "--size", "80", "160"], 120),
                    ("3D demo, training", ["train_3d.py", "--config_file", "demo_3d", "--gpu_num", g], 180),
                    ("3D demo, evaluation", ["evaluate_3d.py", "--exp_num", "1", "--gpu_num", g], 120)]),
-        ("speed", [("2D inference replayed from CUDA graphs, every model",
-                    ["benchmarks/bench_speed.py", "--gpu_num", g, "--sizes", "2d_half", "2d_full", "--modes",
-                     "inference", "--cuda_graphs", "--repeats", "20", "--max_seconds", "6", "--no_plot",
-                     "--out", str(out / "speed2d_graphs")], 240),
-                   ("2D speed, every model", ["benchmarks/bench_speed.py", "--gpu_num", g, "--sizes", "2d_half",
+        ("speed", [("2D speed, every model", ["benchmarks/bench_speed.py", "--gpu_num", g, "--sizes", "2d_half",
                                               "2d_full", "--repeats", "20", "--max_seconds", "6",
                                               "--out", str(out / "speed2d")], 300),
                    ("3D speed, every model", ["benchmarks/bench_speed.py", "--gpu_num", g, "--sizes", "3d_half",

@@ -150,7 +150,7 @@ def test_gpu_check_runs_every_step_and_skips_an_evaluation_whose_training_failed
         return {"step": label, "status": "failed (exit 1)" if label == "2D demo, training" else "ok"}
 
     monkeypatch.setattr(gpu_check, "_run", fake_run)
-    assert gpu_check.main(["--out", str(tmp_path), "--skip", "speed"]) == 1
+    assert gpu_check.main(["--out", str(tmp_path), "--skip", "graphs", "speed"]) == 1
     assert ran == ["CUDA against the CPU", "3D memory, every model", "2D demo, training", "3D demo, training",
                    "3D demo, evaluation"]
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
