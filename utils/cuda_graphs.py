@@ -39,6 +39,7 @@ most ``max_graphs`` are kept, the oldest dropped first.
 """
 
 import collections
+import contextlib
 import warnings
 
 import torch
@@ -127,6 +128,8 @@ def _outputs(out):
 
 
 def _close(a, b):
+    if not (b.is_floating_point() or b.is_complex()):  # flags, indices: exactly
+        return torch.equal(a, b)
     scale = float(b.abs().max()) if b.numel() else 0.0
     return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-4, atol=1e-6 + 1e-5 * scale))
 
@@ -180,7 +183,7 @@ class GraphCache:
         self._state = None
 
     def __call__(self, *inputs):
-        if torch.is_grad_enabled() or not inputs or not all(torch.is_tensor(t) and t.is_cuda for t in inputs):
+        if torch.is_grad_enabled() or not inputs or not all(torch.is_tensor(t) and self._eligible(t) for t in inputs):
             return self.fn(*inputs)
         key = tuple((tuple(t.shape), t.dtype, t.device) for t in inputs)
         if key in self.eager_reasons:
@@ -207,28 +210,24 @@ class GraphCache:
         # Ordinary tensors, not inference tensors: later calls may copy into them outside inference mode.
         with torch.inference_mode(False), torch.no_grad():
             static = [t.clone() for t in inputs]
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
+        with self._warm_up_stream(device):
             for _ in range(self.warmup - 1):  # fills lazy caches (weights, grids, FFT plans)
                 self.fn(*static)
             with SyncScan() as scan:  # the last warm-up call is the one a replay stands for
                 expected = self.fn(*static)
-        torch.cuda.current_stream(device).wait_stream(side)
         expected_tensors, rebuild = _outputs(expected)
         if scan.found:
             self.eager_reasons[key] = "host synchronisation: " + ", ".join(dict.fromkeys(scan.found))
             return None, expected
         entry = _Entry()
-        entry.inputs, entry.rebuild, entry.graph = static, rebuild, torch.cuda.CUDAGraph()
+        entry.inputs, entry.rebuild = static, rebuild
         entry.keep = scan.external  # what the graph reads and did not make: a freed cache would be garbage
         try:
-            with torch.cuda.graph(entry.graph):
-                entry.outputs = _outputs(self.fn(*static))[0]
+            entry.graph, entry.outputs = self._record(static)
             entry.graph.replay()
-            torch.cuda.synchronize(device)
+            self._synchronize(device)
         except RuntimeError as error:  # a capture the scan did not foresee: run this signature eagerly
-            torch.cuda.synchronize(device)
+            self._synchronize(device)
             self.eager_reasons[key] = f"capture failed: {str(error).splitlines()[0]}"
             warnings.warn(f"CUDA graph capture failed, running eagerly: {self.eager_reasons[key]}", stacklevel=3)
             return None, expected
@@ -241,6 +240,33 @@ class GraphCache:
         while len(self.graphs) > self.max_graphs:
             self.graphs.popitem(last=False)
         return entry, expected
+
+    # -- the CUDA calls, one method each (the CPU tests stand in for them) ------------------------
+    @staticmethod
+    def _eligible(tensor):
+        """Whether an input lets the call be graphed: a CUDA tensor."""
+        return tensor.is_cuda
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _warm_up_stream(device):
+        """Run the warm-up on a side stream, as PyTorch's CUDA-graph recipe asks."""
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            yield
+        torch.cuda.current_stream(device).wait_stream(side)
+
+    def _record(self, static):
+        """Capture ``fn(*static)``: (the graph, its output tensors)."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = _outputs(self.fn(*static))[0]
+        return graph, outputs
+
+    @staticmethod
+    def _synchronize(device):
+        torch.cuda.synchronize(device)
 
 
 __all__ = ["GraphCache", "SyncScan", "host_syncs", "SYNC_OPS"]

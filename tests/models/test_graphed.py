@@ -134,3 +134,17 @@ def test_scan_lists_what_a_graph_of_the_call_must_keep_alive():
     extra = [t for t in scan.external if storage(t) not in long_lived]
     # Beyond those, only the integration's cached identity grid: no intermediate of the call.
     assert len(extra) == 1 and tuple(extra[0].shape) == (1, 40, 48, 2)
+
+
+@pytest.mark.parametrize("head", [0.05, 3.0], ids=["clean", "folding"])
+@pytest.mark.parametrize("config", FNOREG_CONFIGS[:3], ids=["published", "diffeomorphic+fold_repair", "band_limit"])
+def test_graphed_model_with_a_stand_in_graph_gives_the_model_s_field(config, head):
+    from tests.utils.test_cuda_graphs import CpuGraphCache
+
+    model = _fnoreg(config, head)
+    with torch.inference_mode(), inference_session(model, cuda_graphs=True) as run:
+        run.graphs = CpuGraphCache(run.graphs.fn, watch=model)  # the real bookkeeping, a stand-in capture
+        for seed in (1, 2):
+            moving, fixed = _pair((45, 53), seed)
+            assert torch.equal(run(moving, fixed), model(moving, fixed))
+        assert run.replays == 2 and run.graphs.recorded == 1 and not run.eager_reasons

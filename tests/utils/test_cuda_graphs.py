@@ -3,6 +3,8 @@
 The capture and replay themselves need a GPU: ``tests/models/test_cuda.py`` checks them there.
 """
 
+import contextlib
+
 import pytest
 import torch
 
@@ -69,3 +71,139 @@ def test_cache_calls_the_function_as_it_is_with_autograd():
     cache = GraphCache(lambda t: t * 2)
     cache(x).sum().backward()
     assert torch.equal(x.grad, torch.full((3,), 2.0))
+
+
+# -- the cache's bookkeeping, with a stand-in for the CUDA calls ---------------------------------
+class _FakeGraph:
+    """Stands in for a CUDA graph: a replay runs the function again into the captured outputs."""
+
+    def __init__(self, fn, static, outputs):
+        self.fn, self.static, self.outputs = fn, static, outputs
+
+    def replay(self):
+        new = self.fn(*self.static)
+        for out, value in zip(self.outputs, new if isinstance(new, tuple) else (new,)):
+            out.copy_(value)
+
+
+class CpuGraphCache(GraphCache):
+    """GraphCache on the CPU: everything but the capture itself (streams, CUDAGraph) is the real code."""
+
+    recorded = 0
+
+    @staticmethod
+    def _eligible(tensor):
+        return True
+
+    @staticmethod
+    def _warm_up_stream(device):
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def _synchronize(device):
+        pass
+
+    def _record(self, static):
+        self.recorded += 1
+        out = self.fn(*static)
+        outputs = list(out) if isinstance(out, tuple) else [out]
+        return _FakeGraph(self.fn, static, outputs), outputs
+
+
+def _inference(cache, *args):
+    with torch.inference_mode():
+        return cache(*args)
+
+
+def test_one_capture_per_signature_and_outputs_that_are_copies():
+    cache = CpuGraphCache(_clean)
+    x, y = torch.rand(2, 1, 3, 8, 10)
+    first = _inference(cache, x, y)
+    second = _inference(cache, y, x)  # same signature, other values
+    assert cache.recorded == 1 and cache.replays == 2
+    assert torch.equal(first, _clean(x, y)) and torch.equal(second, _clean(y, x))  # the first was not overwritten
+    third = _inference(cache, torch.rand(2, 3, 8, 10), torch.rand(2, 3, 8, 10))  # a new shape
+    assert cache.recorded == 2 and len(cache.graphs) == 2 and third.shape == (2, 3, 8, 10)
+
+
+def test_least_recently_used_signature_is_dropped():
+    cache = CpuGraphCache(lambda t: t * 2, max_graphs=2)
+    for n in (3, 4, 3, 5):
+        _inference(cache, torch.rand(n))
+    assert [k[0][0] for k in cache.graphs] == [(3,), (5,)]
+
+
+def test_a_parameter_change_drops_every_graph():
+    layer = torch.nn.Linear(4, 3)
+    cache = CpuGraphCache(layer, watch=layer)
+    x = torch.rand(2, 4)
+    _inference(cache, x)
+    with torch.no_grad():
+        layer.weight.mul_(-1)
+    with torch.inference_mode():
+        assert torch.allclose(cache(x), layer(x))
+    assert cache.recorded == 2
+    layer.load_state_dict({"weight": torch.ones(3, 4), "bias": torch.zeros(3)})
+    assert torch.allclose(_inference(cache, x), x.sum(1, keepdim=True).expand(2, 3))
+    assert cache.recorded == 3
+
+
+def test_a_syncing_function_is_scanned_once_and_runs_eagerly():
+    calls = []
+
+    def fn(t):
+        calls.append(1)
+        return t * float(t.sum())
+
+    cache = CpuGraphCache(fn)
+    t = torch.rand(5)
+    for _ in range(3):
+        assert torch.allclose(_inference(cache, t), t * t.sum())
+    assert cache.recorded == 0 and next(iter(cache.eager_reasons.values())).startswith("host synchronisation: aten::")
+    assert len(calls) == 2 + 2  # two warm-up calls, then one eager call each
+
+
+def test_a_cache_filled_in_the_first_warm_up_call_is_not_a_sync():
+    store = {}
+
+    def fn(t):
+        if "scale" not in store:
+            store["scale"] = float(t.max())  # once, like a lazily built grid or weight
+        return t * store["scale"]
+
+    cache = CpuGraphCache(fn)
+    t = torch.rand(5)
+    _inference(cache, t)
+    assert cache.recorded == 1 and not cache.eager_reasons
+
+
+def test_a_replay_that_differs_or_a_failed_capture_falls_back_to_eager():
+    counter = [0]
+
+    def drifting(t):  # a Python value a real graph would freeze
+        counter[0] += 1
+        return t + counter[0]
+
+    cache = CpuGraphCache(drifting)
+    with pytest.warns(UserWarning, match="differed"):
+        _inference(cache, torch.zeros(3))
+    assert cache.eager_reasons and not cache.graphs
+
+    class Failing(CpuGraphCache):
+        def _record(self, static):
+            raise RuntimeError("operation not permitted when stream is capturing\nmore")
+
+    failing = Failing(lambda t: t + 1)
+    with pytest.warns(UserWarning, match="capture failed"):
+        assert torch.equal(_inference(failing, torch.zeros(3)), torch.ones(3))
+    assert next(iter(failing.eager_reasons.values())) == "capture failed: operation not permitted when stream is capturing"
+
+
+def test_tuple_outputs_and_what_the_graph_keeps_alive():
+    layer = torch.nn.Linear(4, 3)
+    cache = CpuGraphCache(lambda t: (layer(t), t.sum(1)), watch=layer)
+    x = torch.rand(2, 4)
+    a, b = _inference(cache, x)
+    assert torch.allclose(a, layer(x)) and torch.allclose(b, x.sum(1))
+    kept = {t.untyped_storage().data_ptr() for t in next(iter(cache.graphs.values())).keep}
+    assert {layer.weight.data_ptr(), layer.bias.data_ptr()} <= kept
