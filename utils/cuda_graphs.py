@@ -17,8 +17,8 @@ What keeps a replay honest:
 - **No host synchronisation inside.** A graph replays kernels only; Python branches on tensor
   values (``bool(x.any())``, ``.item()``, ``.tolist()``), data-dependent shapes (``nonzero``,
   boolean masks) and copies between host and device would be frozen at their captured values
-  or fail to capture. The warm-up call runs under :class:`SyncScan`, which lists such
-  operations; a function that issues any is never captured and runs eagerly (the reason is kept
+  or fail to capture. The last warm-up call runs under :class:`SyncScan`, which lists such
+  operations (the earlier ones may fill lazy caches, which a replay never repeats); a function that issues any is never captured and runs eagerly (the reason is kept
   in :attr:`GraphCache.eager_reasons`). Models split their forward pass so that the part before
   such a branch is captured (``graph_parts``, e.g. :meth:`models.fnoreg.FNOReg.graph_parts`).
 - **Checked once against the eager result.** After capture the graph is replayed on the warm-up
