@@ -141,6 +141,29 @@ def test_cuda_graphs_flag_on_the_cpu_is_a_notice_and_changes_nothing(exp_root, c
     assert graphed["cuda_graphs"] is False and metrics_only(graphed) == metrics_only(plain)
 
 
+def test_evaluation_through_the_graph_bookkeeping_gives_the_eager_metrics(exp_root, monkeypatch, capsys):
+    """The whole evaluation with --cuda_graphs, the CUDA capture replaced by a stand-in (the rest,
+    signatures per batch size, copies and the session's lifetime, is the real code)."""
+    import engine.evaluation
+    from tests.utils.test_cuda_graphs import CpuGraphCache
+    from utils.cuda_graphs import GraphCache
+
+    assert evaluate(2, "--exp_num", "1", "--n_panels", "2", "--batch_size", "3") == 0
+    plain = read_csv(default_eval(exp_root, 2) / "per_pair.csv")
+    recorded = []
+    for name in ("_eligible", "_warm_up_stream", "_synchronize"):
+        monkeypatch.setattr(GraphCache, name, staticmethod(getattr(CpuGraphCache, name)))
+    monkeypatch.setattr(GraphCache, "_record", lambda self, static: recorded.append(1) or CpuGraphCache._record(
+        CpuGraphCache(self.fn), static))
+    monkeypatch.setattr(engine.evaluation, "cuda_graphs_on", lambda requested, device: bool(requested))
+    assert evaluate(2, "--exp_num", "1", "--n_panels", "2", "--batch_size", "3", "--cuda_graphs") == 0
+    graphed = read_csv(default_eval(exp_root, 2) / "per_pair.csv")
+    assert json.loads((default_eval(exp_root, 2) / "summary.json").read_text())["cuda_graphs"] is True
+    assert len(recorded) == 2  # four pairs in batches of 3 and 1: two signatures, each captured once
+    assert [{k: v for k, v in r.items() if k != "time_s"} for r in graphed] == \
+        [{k: v for k, v in r.items() if k != "time_s"} for r in plain]
+
+
 def test_several_sizes_give_one_folder_each(exp_root, capsys):
     assert evaluate(2, "--exp_num", "1", "--size", "16", "24", "--n_panels", "1", "--batch_size", "3") == 0
     eval_dir = exp_root / "2d" / "exp1" / "eval"
