@@ -61,6 +61,7 @@ from benchmarks.common import (  # noqa: E402
     time_call,
     write_outputs,
 )
+from utils.cli import add_cuda_graphs_argument  # noqa: E402
 
 MODES = ("inference", "training")
 DEFAULT_SIZES = tuple(NAMED_SIZES)
@@ -242,6 +243,7 @@ def _measure(entry, model, dim, shape, device, mode, repeats, max_seconds, previ
         if have is not None and need > MEMORY_HEADROOM * have:
             return {"status": "skipped", "reason": f"needs ≈{need / 2**30:.1f} GiB (extrapolated), "
                     f"{have / 2**30:.1f} GiB available", "predicted_bytes": need}
+    graphed = None
     try:
         if mode == "inference":
             model.eval()
@@ -262,7 +264,7 @@ def _measure(entry, model, dim, shape, device, mode, repeats, max_seconds, previ
            "approx": timing["approx"]}
     if saved is not None:
         out["saved_bytes"] = saved.total
-    if mode == "inference" and graphed is not None:
+    if graphed is not None:
         out["graph_replays"] = graphed.replays
         out["graph_eager"] = "; ".join(dict.fromkeys(graphed.eager_reasons.values())) or None
     return out
@@ -416,8 +418,7 @@ def parser():
                    help="budget per cell; also skips a cell whose extrapolated time per call exceeds it")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="output folder")
     p.add_argument("--no_plot", action="store_true")
-    p.add_argument("--cuda_graphs", action="store_true",
-                   help="inference on CUDA replayed from CUDA graphs, as evaluate_<d>d.py --cuda_graphs runs it")
+    add_cuda_graphs_argument(p)  # inference as evaluate_<d>d.py --cuda_graphs runs it
     return p
 
 

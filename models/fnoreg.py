@@ -306,16 +306,15 @@ class FNOReg(nn.Module):
         for folds (:func:`models.foldrepair.fold_check`), and ``finish`` reads that one flag and
         repairs only when it is set. Otherwise the core is the whole forward pass.
         """
-        if self.band_limit:
-            def core(moving, fixed):
-                check_image_pair(moving, fixed, self.dim)
-                return self.network(moving, fixed)
+        def checked_network(moving, fixed):
+            check_image_pair(moving, fixed, self.dim)
+            return self.network(moving, fixed)
 
-            return core, self.field
+        if self.band_limit:
+            return checked_network, self.field
         if self.fold_repair:
             def core(moving, fixed):  # the network, the integration and the fold check
-                check_image_pair(moving, fixed, self.dim)
-                raw = self.network(moving, fixed)
+                raw = checked_network(moving, fixed)
                 return (raw, *fold_check(raw, self.integrate))
 
             def finish(raw, flow, folds):  # one host read; the repair itself only where something folds

@@ -84,18 +84,18 @@ class SyncScan(TorchDispatchMode):
         super().__init__()
         self.found = []
         self.external = []
-        self._made = set()
+        self._known = set()  # storages made by the call or already listed as external
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = func._schema.name
         overload = f"{name}.{func._overloadname}" if func._overloadname != "default" else name
         for t in _tensors((args, kwargs)):
-            if t.device.type != "meta" and _storage(t) not in self._made:
-                self._made.add(_storage(t))  # seen once is enough
+            if t.device.type != "meta" and _storage(t) not in self._known:
+                self._known.add(_storage(t))
                 self.external.append(t)
         out = func(*args, **kwargs)
-        self._made.update(_storage(t) for t in _tensors(out) if t.device.type != "meta")
+        self._known.update(_storage(t) for t in _tensors(out) if t.device.type != "meta")
         if name in SYNC_OPS or overload in SYNC_OPS:
             self.found.append(name)
         elif name in _INDEXING and any(t.dtype in (torch.bool, torch.uint8) for t in _tensors(args[1:2])):
