@@ -2,7 +2,7 @@
 
 Run: ``python benchmarks/bench_speed.py [--gpu_num -1 0] [--models NAME[/PRESET] ...]
 [--configs LABEL=path.json ...] [--sizes 2d_half 2d_full 3d_half 3d_full] [--repeats 5]
-[--threads N] [--max_seconds 60] [--out benchmarks/results]``
+[--threads N] [--max_seconds 60] [--out benchmarks/results] [--cuda_graphs]``
 
 What is measured, per model, preset and size:
 
