@@ -1,5 +1,7 @@
 """Soft Dice loss on one-hot label maps (the semi-supervised term, weight ``seg_param``)."""
 
+import functools
+
 import torch
 
 from utils.errors import ShapeError
@@ -24,9 +26,17 @@ def one_hot(labels, label_ids):
     check_spatial(labels, "label map", channels=1)
     if labels.is_floating_point():
         raise ShapeError(f"label map must hold integers, got dtype {labels.dtype}")
-    ids = torch.as_tensor(list(label_ids), device=labels.device, dtype=labels.dtype)
+    ids = _kept_ids(tuple(int(i) for i in label_ids), labels.device, labels.dtype)
     shape = (1, len(ids)) + (1,) * (labels.dim() - 2)
     return (labels == ids.view(shape)).float()
+
+
+@functools.lru_cache(maxsize=16)
+def _kept_ids(label_ids, device, dtype):
+    """The label list as a tensor on ``device``, kept: made afresh on a GPU it would be a copy
+    from host memory that waits for the stream, in every training step with the Dice term."""
+    with torch.inference_mode(False):  # usable inside and outside inference mode
+        return torch.tensor(label_ids, dtype=dtype).to(device)
 
 
 def soft_dice_loss(fixed_onehot, warped_onehot, eps=1e-5):

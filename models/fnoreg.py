@@ -269,8 +269,8 @@ class FNOReg(nn.Module):
         check_image_pair(moving, fixed, self.dim)
         shape = moving.shape[2:]
         if self.training:
-            seen = torch.tensor(shape, dtype=torch.long, device=self.trained_shape.device)
-            self.trained_shape.copy_(torch.maximum(self.trained_shape, seen))
+            for axis, n in enumerate(shape):  # on the device: no copy from the host each step
+                self.trained_shape[axis].clamp_(min=n)
         return self.field(self.network(moving, fixed))
 
     def network(self, moving, fixed):

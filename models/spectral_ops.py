@@ -251,12 +251,14 @@ def add_at_zero_frequency(y, offset, lead, sizes, norm):
 
 
 def _doubled(width, n):
-    """Per kept last-axis frequency, 2 where the inverse real FFT counts it twice, else 1."""
-    scale = torch.full((width,), 2.0)
-    scale[0] = 1.0
-    if n % 2 == 0 and width == n // 2 + 1:
-        scale[-1] = 1.0
-    return scale
+    """The kept last-axis frequencies the inverse real FFT counts twice: (first, count) of a run.
+
+    All but frequency 0 and, when kept at an even ``n``, the Nyquist bin. A range of bins, not a
+    tensor of factors: a factor tensor made on the host would be a copy to the device, which on
+    CUDA waits for the stream in every layer's backward pass.
+    """
+    last = width - 1 if n % 2 == 0 and width == n // 2 + 1 else width
+    return 1, max(last - 1, 0)
 
 
 def _contracted_modes(x, weight, width, lead, norm):
@@ -275,8 +277,8 @@ def _spectral_adjoint(grad, operand, weight, n, width, lead, norm):
     """
     g = forward_modes(grad, width, lead, DUAL_NORM[norm])
     gz, gw = contract_real_adjoint(g, operand, weight, g.shape[2:])
-    scale = _doubled(width, n).to(device=gw.device, dtype=gw.real.dtype)
-    gw = gw.view(width, -1, *gw.shape[1:]).mul_(scale.view(-1, 1, 1, 1)).view_as(gw)
+    first, count = _doubled(width, n)
+    gw.view(width, -1, *gw.shape[1:]).narrow(0, first, count).mul_(2.0)
     return gz, gw
 
 

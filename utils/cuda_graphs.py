@@ -43,6 +43,7 @@ import contextlib
 import warnings
 
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 # Operations that read a tensor's value on the host, or whose output shape depends on values.
@@ -74,10 +75,12 @@ class SyncScan(TorchDispatchMode):
     so it must keep them alive.
 
     ``found`` lists, in order, the name of each operation that synchronises with the host or
-    has a value-dependent output shape (:data:`SYNC_OPS`, indexing with a boolean mask) and each
+    has a value-dependent output shape (:data:`SYNC_OPS`, indexing with a boolean mask), each
     one whose tensors lie on more than one device (a copy between host and device, or a host
-    tensor read by a device kernel, whose value a graph would freeze). Works on any device, so
-    the same check runs in CPU tests.
+    tensor read by a device kernel, whose value a graph would freeze), and each tensor made from
+    host data on a device (``torch.tensor(values, device=...)``, seen one level up, as a torch
+    function: a copy from pageable memory, which on CUDA waits for the stream). Works on any
+    device, so the same check runs in CPU tests, with the ``meta`` device standing in for a GPU.
     """
 
     def __init__(self):
@@ -85,6 +88,21 @@ class SyncScan(TorchDispatchMode):
         self.found = []
         self.external = []
         self._known = set()  # storages made by the call or already listed as external
+        self._from_host = _FromHostData(self.found)
+
+    def __enter__(self):
+        self._from_host.__enter__()
+        try:
+            return super().__enter__()
+        except BaseException:
+            self._from_host.__exit__(None, None, None)
+            raise
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            self._from_host.__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -105,6 +123,28 @@ class SyncScan(TorchDispatchMode):
             if len(devices) > 1:
                 self.found.append(f"{name} ({', '.join(sorted(str(d) for d in devices))})")
         return out
+
+
+class _FromHostData(TorchFunctionMode):
+    """Flags ``torch.tensor(values, device=...)`` and ``torch.as_tensor`` onto a device.
+
+    PyTorch makes such a tensor on the host and copies it below any dispatch mode (on the
+    ``meta`` device it copies nothing), so :class:`SyncScan` cannot see the copy; on CUDA it is
+    a copy from pageable memory that waits for the stream, and a capture fails on it.
+    """
+
+    def __init__(self, found):
+        super().__init__()
+        self.found = found
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.tensor, torch.as_tensor) and kwargs.get("device") is not None:
+            device = torch.device(kwargs["device"])
+            source = args[0] if args else kwargs.get("data")
+            if device.type != "cpu" and not (torch.is_tensor(source) and source.device == device):
+                self.found.append(f"torch.{func.__name__} (host data copied to {device.type})")
+        return func(*args, **kwargs)
 
 
 def _storage(t):

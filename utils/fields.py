@@ -12,6 +12,8 @@ Derivatives: :func:`central_difference` and :func:`jacobian_determinant` of the 
 ``x + u(x)`` in pixel units, used by the metrics (folding, SDlogJ) and the folding penalty.
 """
 
+import functools
+
 import torch
 
 from utils.errors import ShapeError
@@ -67,8 +69,18 @@ def check_field(flow, name="displacement field"):
 
 
 def _axis_scale(shape, device, dtype):
-    """(N_i - 1) / 2 per spatial axis, shaped to broadcast over (B, d, *spatial)."""
-    scale = torch.tensor([(n - 1) / 2.0 for n in shape], device=device, dtype=dtype)
+    """(N_i - 1) / 2 per spatial axis, shaped to broadcast over (B, d, *spatial); never write into it.
+
+    Kept per shape, device and dtype: made afresh on a GPU, it would be a copy from host memory
+    that waits for the stream, in every loss and head call (and a CUDA graph cannot capture it).
+    """
+    return _kept_axis_scale(tuple(int(n) for n in shape), torch.device(device), dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def _kept_axis_scale(shape, device, dtype):
+    with torch.inference_mode(False), torch.no_grad():  # usable inside and outside inference mode
+        scale = torch.tensor([(n - 1) / 2.0 for n in shape], dtype=dtype).to(device)
     return scale.view(1, len(shape), *([1] * len(shape)))
 
 
