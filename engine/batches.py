@@ -106,13 +106,22 @@ class DeviceSplit:
             self.labels = _resize_in_chunks(split.labels, self.label_shape, resize_labels, self.device, self.store)
         self.has_labels = split.has_labels.to(self.store)
         self.pairs = split.pairs
+        # The pair table where the subjects are: indices already there gather without a copy
+        # from the host (on a GPU a blocking copy, which would wait for the previous step).
+        self._stored_pairs = split.pairs.to(self.store)
 
     def __len__(self):
         return self.pairs.shape[0]
 
     def batch(self, pair_indices):
-        """Gather the pairs ``pair_indices`` (1D tensor of rows of ``pairs``) onto the device."""
-        rows = self.pairs[pair_indices]
+        """Gather the pairs ``pair_indices`` (1D tensor of rows of ``pairs``) onto the device.
+
+        Indices on :attr:`store` (see :meth:`index_device`) take no copy from the host.
+        """
+        if pair_indices.device == self._stored_pairs.device:
+            rows = self._stored_pairs[pair_indices]
+        else:
+            rows = self.pairs[pair_indices.cpu()]
         mov, fix = rows[:, 0].to(self.store), rows[:, 1].to(self.store)
 
         def take(t, idx):
@@ -123,6 +132,11 @@ class DeviceSplit:
             out.moving_labels, out.fixed_labels = take(self.labels, mov).long(), take(self.labels, fix).long()
             out.has_labels = take(self.has_labels, mov) & take(self.has_labels, fix)
         return out
+
+    @property
+    def index_device(self):
+        """Where pair indices should live for :meth:`batch` (the training loop moves an epoch's order once)."""
+        return self._stored_pairs.device
 
     def batches(self, batch_size):
         """Iterate over all pairs in order, ``batch_size`` at a time: yields (pair indices, PairBatch)."""

@@ -107,6 +107,7 @@ class TrainingLoop:
     def _train_epoch(self, epoch, first_step, sums):
         tc = self.config["train_config"]
         order = epoch_order(len(self.train), tc["batch_size"], tc["steps_per_epoch"], tc["seed"], epoch)
+        order = order.to(self.train.index_device)  # once an epoch, not a host copy every step
         rank, world = self.dist.rank, self.dist.world_size
         self.net.train()
         bar = tqdm(total=len(order), initial=first_step, desc=f"epoch {epoch}/{tc['epochs']}", leave=False,

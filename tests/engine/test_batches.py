@@ -32,3 +32,28 @@ def test_resized_split_and_native_label_grid():
     batch = native.batch(torch.tensor([0]))
     assert batch.moving.shape[2:] == (12, 14) and batch.moving_labels.shape[2:] == (24, 28)
     assert native.labels.data_ptr() == train.labels.data_ptr()
+
+
+def test_indices_on_the_store_gather_without_a_copy_from_the_host():
+    """On a GPU the training loop moves each epoch's order there once; a batch then copies nothing
+    from the host (the ``meta`` device stands in for the GPU: the scan sees such copies there)."""
+    from utils.cuda_graphs import SyncScan
+
+    train = load_splits(DATA, 2, ("train",))["train"]
+    data = DeviceSplit(train, (12, 14), "meta")
+    assert data.index_device == torch.device("meta")
+    order = torch.tensor([[0, 3], [2, 1]])
+    moved = order.to(data.index_device)  # once an epoch
+    with SyncScan() as scan:
+        batch = data.batch(moved[1])
+    assert scan.found == [] and batch.moving.shape == (2, 1, 12, 14) and batch.moving.device.type == "meta"
+    with SyncScan() as scan:
+        data.batch(order[1])  # host indices still work, through a copy
+    assert scan.found
+
+
+def test_batches_from_host_and_store_indices_agree():
+    train = load_splits(DATA, 2, ("train",))["train"]
+    data = DeviceSplit(train, (12, 14), "cpu")
+    a, b = data.batch(torch.tensor([2, 0])), data.batch(torch.tensor([2, 0]).to(data.index_device))
+    assert torch.equal(a.moving, b.moving) and torch.equal(a.fixed_labels, b.fixed_labels)
