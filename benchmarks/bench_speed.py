@@ -127,11 +127,17 @@ def inference_fn(model, shape, device, cuda_graphs=False):
     return call
 
 
-def training_fn(model, entry, dim, shape, device):
-    """One full training step at the entry's batch size; returns (step function, batch, hooks)."""
+def training_fn(model, entry, dim, shape, device, cuda_graphs=False):
+    """One full training step at the entry's batch size; returns (step function, batch, hooks).
+
+    With ``cuda_graphs`` on CUDA the model's forward and backward pass replay from CUDA graphs, as
+    ``train_<d>d.py --cuda_graphs`` runs them (:mod:`utils.training_graphs`; captured in the
+    warm-up step, which then measures no saved bytes); ``step.graphed`` is the wrapper, else None.
+    """
     from engine.train_config import build_optimizer
     from losses import RegistrationLoss, one_hot
     from models import warp
+    from utils.training_graphs import TrainingGraphs
 
     batch = entry.batch_size(dim)
     loss_fn = RegistrationLoss(**entry.loss_settings(dim))
@@ -143,13 +149,15 @@ def training_fn(model, entry, dim, shape, device):
         gen = torch.Generator(device="cpu").manual_seed(0)
         labels = torch.randint(0, len(ids) + 1, (2, batch, 1, *shape), generator=gen).to(device)
     saved = SavedBytes()
-    state = {"hooks": True}
+    graphed = TrainingGraphs(model) if cuda_graphs and torch.device(device).type == "cuda" else None
+    net = graphed or model
+    state = {"hooks": graphed is None}
 
     def step():
         optimizer.zero_grad(set_to_none=True)
         ctx = torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t) if state["hooks"] else _null()
         with ctx:
-            flow = model(moving, fixed)
+            flow = net(moving, fixed)
             warped = warp(moving, flow)
             onehots = (None, None)
             if labels is not None:
@@ -159,7 +167,8 @@ def training_fn(model, entry, dim, shape, device):
         optimizer.step()
         state["hooks"] = False  # measured on the first (warm-up) step only, so timings carry no hooks
 
-    return step, batch, saved
+    step.graphed = graphed
+    return step, batch, (saved if graphed is None else None)
 
 
 class _null:
@@ -188,7 +197,8 @@ def _is_oom(exc):
 def bench(entries, sizes, devices, repeats, max_seconds, modes=MODES, progress=True, cuda_graphs=False):
     """Measure every (device, entry, size, mode) cell; returns the list of cell dicts.
 
-    ``cuda_graphs``: inference on CUDA replayed from CUDA graphs (:mod:`models.graphed`).
+    ``cuda_graphs``: on CUDA, inference replayed from CUDA graphs (:mod:`models.graphed`) and the
+    training step's forward and backward pass too (:mod:`utils.training_graphs`).
     """
     cells = []
     for device in devices:
@@ -253,8 +263,9 @@ def _measure(entry, model, dim, shape, device, mode, repeats, max_seconds, previ
             graphed = call.graphed
         else:
             model.train()
-            step, batch, saved = training_fn(model, entry, dim, shape, device)
+            step, batch, saved = training_fn(model, entry, dim, shape, device, cuda_graphs)
             timing = time_call(step, device, repeats, max_seconds)
+            graphed = step.graphed
     except Exception as exc:  # noqa: BLE001 - an out-of-memory cell is a result, anything else is not
         if _is_oom(exc):
             return {"status": "out of memory", "reason": short_reason(exc)}
@@ -325,9 +336,10 @@ def markdown(result):
                  "budget (`--max_seconds`) allowing no more.")
     if result["settings"].get("cuda_graphs"):
         lines.append("")
-        lines.append("Inference on CUDA replayed from CUDA graphs (`--cuda_graphs`, models/graphed.py); "
-                     "(eager): a model whose call could not be captured ran eagerly (the reason is in "
-                     "`speed.json`, `graph_eager`).")
+        lines.append("On CUDA, inference and the training step's forward and backward pass replayed from "
+                     "CUDA graphs (`--cuda_graphs`: models/graphed.py, utils/training_graphs.py); (eager): a "
+                     "model whose call could not be captured ran eagerly (the reason is in `speed.json`, "
+                     "`graph_eager`).")
     cells = result["cells"]
     sizes = list(dict.fromkeys(c["size"] for c in cells))
     for device in dict.fromkeys(c["device"] for c in cells):
@@ -418,7 +430,7 @@ def parser():
                    help="budget per cell; also skips a cell whose extrapolated time per call exceeds it")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="output folder")
     p.add_argument("--no_plot", action="store_true")
-    add_cuda_graphs_argument(p)  # inference as evaluate_<d>d.py --cuda_graphs runs it
+    add_cuda_graphs_argument(p)  # as evaluate_<d>d.py and train_<d>d.py --cuda_graphs run it
     return p
 
 

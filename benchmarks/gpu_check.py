@@ -3,14 +3,15 @@
     python benchmarks/gpu_check.py [--gpu_num 0] [--out gpu_check] [--skip tests graphs memory demos speed]
 
 What a session with a GPU should run first, in the order of what it is worth: the CUDA-against-
-CPU tests (``tests/models/test_cuda.py``, CUDA graphs included); 2D inference of every model
-replayed from CUDA graphs (``bench_speed.py --cuda_graphs``, never yet run on a GPU); the 3D
+CPU tests (``tests/models/test_cuda.py``, CUDA graphs of inference and training included); 2D
+inference and training of every model replayed from CUDA graphs (``bench_speed.py --cuda_graphs``,
+never yet run on a GPU); the 3D
 memory of every model at half and full size with FNOReg's published config checkpointed and not
 (``bench_memory.py --jobs 6``); the 2D and 3D demos trained and evaluated on the GPU; and the
 speed of every model at the four sizes (``bench_speed.py``). Each step runs as a subprocess with
 its own time limit and writes its log into ``--out``; a step that fails or runs out of time is
 reported and the next one runs. The first run took about 10 minutes on an NVIDIA H200 (tests
-2.5, memory 2, demos 2, speed 2 minutes; the graphs step came later, about 2 minutes more), with
+2.5, memory 2, demos 2, speed 2 minutes; the graphs step came later, about 3 minutes more), with
 the experiments of the demos in ``--out/experiments`` so that nothing of the user's is touched.
 Where a session's device time is short (about 10 minutes a command), run
 ``--skip memory demos speed`` first (the tests and the graphs, what has never run on a GPU), then
@@ -40,10 +41,10 @@ def plan(gpu, out):
     return [
         ("tests", [("CUDA against the CPU", ["-m", "pytest", "-q", "-p", "no:cacheprovider",
                                              "tests/models/test_cuda.py"], 360)]),
-        ("graphs", [("2D inference replayed from CUDA graphs, every model",
-                     ["benchmarks/bench_speed.py", "--gpu_num", g, "--sizes", "2d_half", "2d_full", "--modes",
-                      "inference", "--cuda_graphs", "--repeats", "20", "--max_seconds", "6", "--no_plot",
-                      "--out", str(out / "speed2d_graphs")], 240)]),
+        ("graphs", [("2D inference and training replayed from CUDA graphs, every model",
+                     ["benchmarks/bench_speed.py", "--gpu_num", g, "--sizes", "2d_half", "2d_full",
+                      "--cuda_graphs", "--repeats", "20", "--max_seconds", "6", "--no_plot",
+                      "--out", str(out / "speed2d_graphs")], 360)]),
         ("memory", [("3D memory, every model", ["benchmarks/bench_memory.py", "--gpu_num", g,
                                                 "--configs", f"fnoreg3d_ckpt={ckpt}", "--sizes", "3d_half",
                                                 "3d_full", "--jobs", "6", "--timeout", "150",

@@ -12,6 +12,9 @@ Modes, chosen by the flags (see ``utils.cli.train_parser``):
   trains; C is only compared with it, and a notice names the ``model_name``, ``model_config`` and
   ``train_config`` keys in which they differ.
 
+``--cuda_graphs`` (any mode) replays the training step's forward and backward pass from CUDA
+graphs (:mod:`utils.training_graphs`); the trainer then calls the model through that wrapper.
+
 This module sets a run up (devices, config, data, model, optimizer, resume state, experiment
 folder); the epoch loop, its determinism and its handling of interruptions are in
 :mod:`engine.train_loop`.
@@ -32,11 +35,12 @@ from engine.train_config import build_optimizer, build_scheduler
 from engine.train_loop import TrainingLoop
 from losses import RegistrationLoss
 from models import build_model, count_parameters
-from utils.device import select_device
+from utils.device import cuda_graphs_on, select_device
 from utils.distributed import broadcast_object, gather_object, init_distributed
 from utils.errors import ConfigError, UserError
 from utils.fileio import read_json, write_json
 from utils.process import process_alive
+from utils.training_graphs import TrainingGraphs
 
 
 def _training_now(folder, exp_num):
@@ -63,7 +67,7 @@ class Trainer(TrainingLoop):
     dim : int
         2 or 3.
     args : argparse.Namespace
-        ``config_file``, ``gpu_num``, ``exp_num``, ``ckpt_epoch``, ``size``.
+        ``config_file``, ``gpu_num``, ``exp_num``, ``ckpt_epoch``, ``size``, ``cuda_graphs``.
     """
 
     def __init__(self, dim, args):
@@ -133,6 +137,15 @@ class Trainer(TrainingLoop):
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
+        self.training_graphs = None
+        if cuda_graphs_on(args.cuda_graphs, self.device):
+            why_not = ("several processes (DistributedDataParallel)" if self.dist.enabled else
+                       "activation checkpointing" if getattr(self.model, "checkpointing", False) else None)
+            if why_not:
+                if self.main:
+                    print(f"notice: --cuda_graphs is not used with {why_not}; training eagerly", file=sys.stderr)
+            else:
+                self.net = self.training_graphs = TrainingGraphs(self.model)
         self._prepare_folder()
 
     # ----------------------------------------------------------------------------- setup

@@ -20,6 +20,7 @@ def train_parser(dim):
                         "or resume it with --ckpt_epoch (a --config_file given too is only compared with it)")
     parser.add_argument("--ckpt_epoch", type=int, help="with --exp_num: resume from the checkpoint of this epoch")
     parser.add_argument("--size", type=int, help="smallest side of the training shape (160 full, 80 half)")
+    add_cuda_graphs_argument(parser, training=True)
     return parser
 
 
@@ -40,10 +41,12 @@ def evaluate_parser(dim):
     return parser
 
 
-def add_cuda_graphs_argument(parser):
-    """``--cuda_graphs`` for a script that runs a trained model (:mod:`models.graphed`)."""
+def add_cuda_graphs_argument(parser, training=False):
+    """``--cuda_graphs``: inference (:mod:`models.graphed`) or, with ``training``, the training
+    step's forward and backward pass (:mod:`utils.training_graphs`) replayed from CUDA graphs."""
+    what = "each training step's forward and backward pass" if training else "each forward pass"
     parser.add_argument("--cuda_graphs", action="store_true",
-                        help="on a GPU, replay each forward pass from a CUDA graph captured per input shape "
+                        help=f"on a GPU, replay {what} from CUDA graphs captured per input shape "
                         "(fewer kernel launches; checked against the eager pass when captured; opt-in)")
 
 

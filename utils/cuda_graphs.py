@@ -167,7 +167,8 @@ def _outputs(out):
     raise TypeError(f"a graphed function must return a tensor or a tuple of tensors, got {type(out).__name__}")
 
 
-def _close(a, b):
+def close_enough(a, b):
+    """Whether ``a`` (a replay) equals ``b`` (the eager result) up to float rounding; flags and indices exactly."""
     if not (b.is_floating_point() or b.is_complex()):  # flags, indices: exactly
         return torch.equal(a, b)
     scale = float(b.abs().max()) if b.numel() else 0.0
@@ -272,7 +273,7 @@ class GraphCache:
             warnings.warn(f"CUDA graph capture failed, running eagerly: {self.eager_reasons[key]}", stacklevel=3)
             return None, expected
         if len(entry.outputs) != len(expected_tensors) or not all(
-                _close(a, b) for a, b in zip(entry.outputs, expected_tensors)):
+                close_enough(a, b) for a, b in zip(entry.outputs, expected_tensors)):
             self.eager_reasons[key] = "the replay differed from the eager call"
             warnings.warn("a CUDA graph's replay differed from the eager call; running eagerly", stacklevel=3)
             return None, expected
@@ -309,4 +310,4 @@ class GraphCache:
         torch.cuda.synchronize(device)
 
 
-__all__ = ["GraphCache", "SyncScan", "host_syncs", "SYNC_OPS"]
+__all__ = ["GraphCache", "SyncScan", "close_enough", "host_syncs", "SYNC_OPS"]

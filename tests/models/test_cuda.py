@@ -194,3 +194,46 @@ def test_cuda_graph_leaves_a_syncing_function_eager():
         assert torch.allclose(cache(x), x * x.sum())
         assert torch.allclose(cache(2 * x), 2 * x * (2 * x).sum())
     assert cache.replays == 0 and cache.eager_reasons
+
+
+# -- CUDA graphs of the training step (utils.training_graphs) ------------------------------------
+TRAINING_GRAPH_CASES = GRAPH_CASES + [c for c in CASES if c[0] == "transmorph" and c[2] == 2]
+
+
+@pytest.mark.parametrize("case", TRAINING_GRAPH_CASES, ids=[_ids(c) for c in TRAINING_GRAPH_CASES])
+def test_cuda_graph_training_trains_as_the_eager_step(case):
+    """Three steps replayed from the graphs against three eager steps: same flows, weights, buffers.
+
+    SGD, not Adam: a gradient that differs by rounding (atomic adds in grid_sample's backward)
+    moves an Adam update of a near-zero gradient by up to the learning rate.
+    """
+    import copy
+
+    from utils.training_graphs import TrainingGraphs
+
+    name, config, dim, sizes = case
+    _, gpu = _models(name, config, dim)
+    eager = copy.deepcopy(gpu)
+    net = TrainingGraphs(gpu)
+    flows = []
+    for run, model in ((eager, eager), (net, gpu)):
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+        torch.manual_seed(0)
+        for step in range(3):
+            moving, fixed = [t.to(CUDA) for t in _pair(dim, sizes[0])]
+            moving = moving + 0.01 * step
+            optimizer.zero_grad(set_to_none=True)
+            loss, flow = _loss(run, moving, fixed)
+            flows.append(flow.detach().clone())
+            loss.backward()
+            optimizer.step()
+    assert not net.eager_reasons, net.eager_reasons
+    assert net.replays == 3
+    for a, b in zip(flows[3:], flows[:3]):
+        _close(a.cpu(), b.cpu(), 1e-4)
+    for (pname, a), b in zip(eager.state_dict().items(), gpu.state_dict().values()):
+        if a.is_floating_point() or a.is_complex():
+            _close(b.cpu(), a.cpu(), 1e-4)
+        else:
+            assert torch.equal(a, b), pname

@@ -1,0 +1,196 @@
+"""CUDA graphs for training: a model's forward and backward pass replayed per input shape.
+
+On a GPU a 2D FNOReg training step is bound by the host launching its operations: FNOReg
+small's forward pass dispatches about 850 and its backward pass about 1,150 (counted on the CPU
+at batch 8), so a step of 8 pairs took about 36 ms on an H200 where VoxelMorph vxm2's took 6 ms
+(``benchmarks/README.md``). PyTorch's ``torch.cuda.make_graphed_callables`` captures a module's
+forward pass and its backward pass as two CUDA graphs behind one autograd function; the warp,
+the loss, gradient clipping and the optimizer stay eager, and they are a few hundred operations.
+
+:class:`TrainingGraphs` stands in for the model in the training loop (``train_<d>d.py
+--cuda_graphs``). In training mode with autograd on, on CUDA, each input signature (shapes,
+dtypes, device) is captured once and replayed after; everything else (validation, evaluation,
+the CPU) calls the model as it is. What keeps it honest:
+
+- **No host synchronisation.** One eager forward and backward pass runs under
+  :class:`utils.cuda_graphs.SyncScan` first (after one more that fills what is kept per shape);
+  a model whose step reads a value on the host, or copies host data to the device, is never
+  captured and trains eagerly, with the reason in :attr:`TrainingGraphs.eager_reasons`.
+- **Nothing the capture does is kept.** Its warm-up passes update batch-norm running statistics
+  and the like: every buffer is restored after the capture, and parameter gradients are never
+  touched (the passes use ``torch.autograd.grad``).
+- **Checked once against the eager step.** After the capture, the graphed and the eager forward
+  and backward passes run on the same batch from the same random state; the output and every
+  parameter's gradient must agree to float rounding, or the signature trains eagerly from then on
+  (with a warning). A failed capture does the same.
+- **Replays follow the parameters.** An optimizer updates the parameters in place, which the
+  graphs read; moving them (``model.to``, a new storage) drops every graph.
+- The replayed outputs live in the graph's memory: a step's flow is overwritten by the next
+  step's, as in any CUDA-graph training loop. The training loop keeps no flow across steps.
+
+Not used with activation checkpointing (a recomputation inside the backward graph is not worth
+the risk) or under DistributedDataParallel (its gradient hooks run outside a graph); the trainer
+says so and trains eagerly. Opt-in: this has not yet run on a GPU in this project
+(``benchmarks/gpu_check.py`` runs the CUDA tests and the speed cells that check it).
+"""
+
+import collections
+import warnings
+
+import torch
+
+from utils.cuda_graphs import SyncScan, close_enough
+
+
+class _Step(torch.nn.Module):
+    """The model's call as a module of its own, so the capture patches this forward, not the model's."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, moving, fixed):
+        return self.model(moving, fixed)
+
+
+class TrainingGraphs:
+    """``model(moving, fixed)`` with its forward and backward pass replayed from CUDA graphs in training.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A registration model returning one tensor (the field).
+    max_graphs : int
+        Input signatures kept (each holds one step's activations); the least recently used is
+        dropped first. Multi-resolution training draws a few sizes.
+
+    Attributes
+    ----------
+    replays : int
+        Training calls answered by graphs.
+    eager_reasons : dict
+        Signature -> why it trains eagerly.
+    """
+
+    def __init__(self, model, max_graphs=4):
+        self.model = model
+        self.max_graphs = max_graphs
+        self.graphs = collections.OrderedDict()
+        self.eager_reasons = {}
+        self.replays = 0
+        self._pointers = None
+
+    def __getattr__(self, name):  # the trainer reads the model's attributes through its net
+        return getattr(self.__dict__["model"], name)
+
+    def _storage_state(self):
+        return tuple(t.data_ptr() for t in (*self.model.parameters(), *self.model.buffers()))
+
+    def clear(self):
+        """Drop every graph; signatures found uncapturable stay eager."""
+        self.graphs.clear()
+        self._pointers = None
+
+    def __call__(self, moving, fixed):
+        if not (self.model.training and torch.is_grad_enabled() and self._eligible(moving)
+                and self._eligible(fixed)):
+            return self.model(moving, fixed)
+        key = tuple((tuple(t.shape), t.dtype, t.device) for t in (moving, fixed))
+        if key in self.eager_reasons:
+            return self.model(moving, fixed)
+        pointers = self._storage_state()
+        if pointers != self._pointers:
+            self.clear()
+            self._pointers = pointers
+        graphed = self.graphs.get(key)
+        if graphed is None:
+            graphed = self._capture(key, moving, fixed)
+            if graphed is None:
+                return self.model(moving, fixed)
+            self.graphs[key] = graphed
+            while len(self.graphs) > self.max_graphs:
+                self.graphs.popitem(last=False)
+        self.graphs.move_to_end(key)
+        self.replays += 1
+        return graphed(moving, fixed)
+
+    # -- capture ------------------------------------------------------------------------------
+    def _capture(self, key, moving, fixed):
+        """Scan, capture and check one signature: the graphed step, or None (the reason kept)."""
+        model = self.model
+        params = [p for p in model.parameters() if p.requires_grad]
+        saved = [b.detach().clone() for b in model.buffers()]
+        static = (moving.detach().clone(), fixed.detach().clone())
+        try:
+            with torch.random.fork_rng(devices=[moving.device] if moving.is_cuda else []):
+                reason, grad_out = self._scan(static, params)
+                if reason is None:
+                    graphed = self._make_graphed(_Step(model), static)
+                    reason = self._check(graphed, static, params, grad_out, saved)
+        except RuntimeError as error:
+            self._synchronize(moving.device)
+            reason = f"capture failed: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        finally:
+            _restore(model, saved)
+        if reason is not None:
+            self.eager_reasons[key] = reason
+            if not reason.startswith("host synchronisation"):
+                warnings.warn(f"CUDA graph of the training step not used, training eagerly: {reason}", stacklevel=3)
+            return None
+        return graphed
+
+    def _scan(self, static, params):
+        """(reason or None, the output gradient the check uses), from eager passes under the scan."""
+        model = self.model
+        out = model(*static)  # fills what is kept per shape, as the first eager step would
+        gen = torch.Generator().manual_seed(0)
+        grad_out = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(out.device)
+        torch.autograd.grad(out, params, grad_out, allow_unused=True)
+        with SyncScan() as scan:
+            out = model(*static)
+            torch.autograd.grad(out, params, grad_out, allow_unused=True)
+        if scan.found:
+            return "host synchronisation: " + ", ".join(dict.fromkeys(scan.found)), grad_out
+        return None, grad_out
+
+    def _check(self, graphed, static, params, grad_out, saved):
+        """None when the graphed pass equals the eager one (output and gradients), else why not."""
+        results = []
+        for run in (self.model, graphed):
+            _restore(self.model, saved)
+            torch.manual_seed(0)  # the same random draws (stochastic depth) on both sides
+            out = run(*static)
+            grads = torch.autograd.grad(out, params, grad_out, allow_unused=True)
+            results.append((out.detach().clone(), [None if g is None else g.detach().clone() for g in grads]))
+        (out_e, grads_e), (out_g, grads_g) = results
+        if not close_enough(out_g, out_e):
+            return "the replayed forward pass differed from the eager one"
+        for p, a, b in zip(params, grads_g, grads_e):
+            if (a is None) != (b is None) or (a is not None and not close_enough(a, b)):
+                name = next((n for n, q in self.model.named_parameters() if q is p), "a parameter")
+                return f"the replayed gradient of {name} differed from the eager one"
+        return None
+
+    # -- the CUDA calls, one method each (the CPU tests stand in for them) ------------------------
+    @staticmethod
+    def _eligible(tensor):
+        """Whether an input lets the step be graphed: a CUDA tensor."""
+        return tensor.is_cuda
+
+    @staticmethod
+    def _make_graphed(step, static):
+        """Capture ``step``'s forward and backward pass on ``static`` inputs; returns the graphed module."""
+        return torch.cuda.make_graphed_callables(step, static, num_warmup_iters=3, allow_unused_input=True)
+
+    @staticmethod
+    def _synchronize(device):
+        torch.cuda.synchronize(device)
+
+
+def _restore(model, saved):
+    with torch.no_grad():
+        for buffer, value in zip(model.buffers(), saved):
+            buffer.copy_(value)
+
+
+__all__ = ["TrainingGraphs"]
