@@ -179,7 +179,60 @@ class _Entry:
     __slots__ = ("graph", "inputs", "outputs", "rebuild", "keep")
 
 
-class GraphCache:
+class PerSignature:
+    """Graphs kept per input signature (shapes, dtypes, devices); the base of the graph caches.
+
+    A subclass captures (:meth:`_capture`: the entry, or None with the eager result, the reason
+    kept in :attr:`eager_reasons`) and replays (:meth:`_replay`); :meth:`_watched_state` names
+    what, when it changes, drops every graph. At most ``max_graphs`` entries are kept, the least
+    recently used dropped first.
+
+    Attributes
+    ----------
+    replays : int
+        Calls answered by a graph.
+    eager_reasons : dict
+        Signature -> why it runs eagerly (operations found, a failed capture or check).
+    """
+
+    def __init__(self, max_graphs):
+        self.max_graphs = max_graphs
+        self.graphs = collections.OrderedDict()
+        self.eager_reasons = {}
+        self.replays = 0
+        self._state = None
+
+    def _watched_state(self):
+        return None
+
+    def clear(self):
+        """Drop every graph (and its memory pool); signatures found uncapturable stay eager."""
+        self.graphs.clear()
+        self._state = None
+
+    def _graphed_call(self, inputs, eager):
+        """The replay for ``inputs``' signature (captured first if new), or ``eager(*inputs)``."""
+        key = tuple((tuple(t.shape), t.dtype, t.device) for t in inputs)
+        if key in self.eager_reasons:
+            return eager(*inputs)
+        state = self._watched_state()
+        if state != self._state:
+            self.clear()
+            self._state = state
+        entry = self.graphs.get(key)
+        if entry is None:
+            entry, out = self._capture(key, inputs)
+            if entry is None:
+                return out
+            self.graphs[key] = entry
+            while len(self.graphs) > self.max_graphs:
+                self.graphs.popitem(last=False)
+        self.graphs.move_to_end(key)
+        self.replays += 1
+        return self._replay(entry, inputs)
+
+
+class GraphCache(PerSignature):
     """``fn(*tensors)`` replayed from a CUDA graph per input signature (see the module docstring).
 
     Parameters
@@ -197,52 +250,30 @@ class GraphCache:
 
     Attributes
     ----------
-    replays : int
-        Calls answered by a graph.
-    eager_reasons : dict
-        Signature -> why it runs eagerly (operations found, a failed capture or check).
+    replays, eager_reasons
+        As in :class:`PerSignature`.
     """
 
     def __init__(self, fn, watch=None, max_graphs=4, warmup=2):
+        super().__init__(max_graphs)
         self.fn = fn
         self.watch = watch
-        self.max_graphs = max_graphs
         self.warmup = max(1, warmup)
-        self.graphs = collections.OrderedDict()
-        self.eager_reasons = {}
-        self.replays = 0
-        self._state = None
 
     def _watched_state(self):
         if self.watch is None:
             return None
         return tuple((t.data_ptr(), t._version) for t in (*self.watch.parameters(), *self.watch.buffers()))
 
-    def clear(self):
-        """Drop every graph (and its memory pool); signatures found uncapturable stay eager."""
-        self.graphs.clear()
-        self._state = None
-
     def __call__(self, *inputs):
         if torch.is_grad_enabled() or not inputs or not all(torch.is_tensor(t) and self._eligible(t) for t in inputs):
             return self.fn(*inputs)
-        key = tuple((tuple(t.shape), t.dtype, t.device) for t in inputs)
-        if key in self.eager_reasons:
-            return self.fn(*inputs)
-        state = self._watched_state()
-        if state != self._state:
-            self.clear()
-            self._state = state
-        entry = self.graphs.get(key)
-        if entry is None:
-            entry, out = self._capture(key, inputs)
-            if entry is None:
-                return out
-        self.graphs.move_to_end(key)
+        return self._graphed_call(inputs, self.fn)
+
+    def _replay(self, entry, inputs):
         for static, t in zip(entry.inputs, inputs):
             static.copy_(t)
         entry.graph.replay()
-        self.replays += 1
         return entry.rebuild([t.clone() for t in entry.outputs])
 
     def _capture(self, key, inputs):
@@ -270,16 +301,13 @@ class GraphCache:
         except RuntimeError as error:  # a capture the scan did not foresee: run this signature eagerly
             self._synchronize(device)
             self.eager_reasons[key] = f"capture failed: {str(error).splitlines()[0]}"
-            warnings.warn(f"CUDA graph capture failed, running eagerly: {self.eager_reasons[key]}", stacklevel=3)
+            warnings.warn(f"CUDA graph capture failed, running eagerly: {self.eager_reasons[key]}", stacklevel=4)
             return None, expected
         if len(entry.outputs) != len(expected_tensors) or not all(
                 close_enough(a, b) for a, b in zip(entry.outputs, expected_tensors)):
             self.eager_reasons[key] = "the replay differed from the eager call"
-            warnings.warn("a CUDA graph's replay differed from the eager call; running eagerly", stacklevel=3)
+            warnings.warn("a CUDA graph's replay differed from the eager call; running eagerly", stacklevel=4)
             return None, expected
-        self.graphs[key] = entry
-        while len(self.graphs) > self.max_graphs:
-            self.graphs.popitem(last=False)
         return entry, expected
 
     # -- the CUDA calls, one method each (the CPU tests stand in for them) ------------------------
@@ -310,4 +338,4 @@ class GraphCache:
         torch.cuda.synchronize(device)
 
 
-__all__ = ["GraphCache", "SyncScan", "close_enough", "host_syncs", "SYNC_OPS"]
+__all__ = ["GraphCache", "PerSignature", "SyncScan", "close_enough", "host_syncs", "SYNC_OPS"]

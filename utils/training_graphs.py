@@ -34,12 +34,11 @@ says so and trains eagerly. Opt-in: this has not yet run on a GPU in this projec
 (``benchmarks/gpu_check.py`` runs the CUDA tests and the speed cells that check it).
 """
 
-import collections
 import warnings
 
 import torch
 
-from utils.cuda_graphs import SyncScan, close_enough
+from utils.cuda_graphs import PerSignature, SyncScan, close_enough
 
 
 class _Step(torch.nn.Module):
@@ -53,7 +52,7 @@ class _Step(torch.nn.Module):
         return self.model(moving, fixed)
 
 
-class TrainingGraphs:
+class TrainingGraphs(PerSignature):
     """``model(moving, fixed)`` with its forward and backward pass replayed from CUDA graphs in training.
 
     Parameters
@@ -73,50 +72,30 @@ class TrainingGraphs:
     """
 
     def __init__(self, model, max_graphs=4):
+        super().__init__(max_graphs)
         self.model = model
-        self.max_graphs = max_graphs
-        self.graphs = collections.OrderedDict()
-        self.eager_reasons = {}
-        self.replays = 0
-        self._pointers = None
 
     def __getattr__(self, name):  # the trainer reads the model's attributes through its net
         return getattr(self.__dict__["model"], name)
 
-    def _storage_state(self):
+    def _watched_state(self):
+        # Data pointers only: an optimizer step bumps every version, and the graphs read in place.
         return tuple(t.data_ptr() for t in (*self.model.parameters(), *self.model.buffers()))
-
-    def clear(self):
-        """Drop every graph; signatures found uncapturable stay eager."""
-        self.graphs.clear()
-        self._pointers = None
 
     def __call__(self, moving, fixed):
         if not (self.model.training and torch.is_grad_enabled() and self._eligible(moving)
                 and self._eligible(fixed)):
             return self.model(moving, fixed)
-        key = tuple((tuple(t.shape), t.dtype, t.device) for t in (moving, fixed))
-        if key in self.eager_reasons:
-            return self.model(moving, fixed)
-        pointers = self._storage_state()
-        if pointers != self._pointers:
-            self.clear()
-            self._pointers = pointers
-        graphed = self.graphs.get(key)
-        if graphed is None:
-            graphed = self._capture(key, moving, fixed)
-            if graphed is None:
-                return self.model(moving, fixed)
-            self.graphs[key] = graphed
-            while len(self.graphs) > self.max_graphs:
-                self.graphs.popitem(last=False)
-        self.graphs.move_to_end(key)
-        self.replays += 1
-        return graphed(moving, fixed)
+        return self._graphed_call((moving, fixed), self.model)
+
+    @staticmethod
+    def _replay(graphed, inputs):
+        return graphed(*inputs)
 
     # -- capture ------------------------------------------------------------------------------
-    def _capture(self, key, moving, fixed):
-        """Scan, capture and check one signature: the graphed step, or None (the reason kept)."""
+    def _capture(self, key, inputs):
+        """Scan, capture and check one signature: (the graphed step, None), or (None, the eager call)."""
+        moving, fixed = inputs
         model = self.model
         params = [p for p in model.parameters() if p.requires_grad]
         saved = [b.detach().clone() for b in model.buffers()]
@@ -135,9 +114,9 @@ class TrainingGraphs:
         if reason is not None:
             self.eager_reasons[key] = reason
             if not reason.startswith("host synchronisation"):
-                warnings.warn(f"CUDA graph of the training step not used, training eagerly: {reason}", stacklevel=3)
-            return None
-        return graphed
+                warnings.warn(f"CUDA graph of the training step not used, training eagerly: {reason}", stacklevel=4)
+            return None, model(moving, fixed)
+        return graphed, None
 
     def _scan(self, static, params):
         """(reason or None, the output gradient the check uses), from eager passes under the scan."""
