@@ -106,7 +106,7 @@ class TrainingGraphs(PerSignature):
                 if reason is None:
                     graphed = self._make_graphed(_Step(model), static)
                     reason = self._check(graphed, static, params, grad_out, saved)
-        except RuntimeError as error:
+        except (RuntimeError, AssertionError) as error:  # make_graphed_callables asserts its preconditions
             self._synchronize(moving.device)
             reason = f"capture failed: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
         finally:

@@ -44,6 +44,11 @@ class _Failing(CpuTrainingGraphs):
         raise RuntimeError("operation not permitted when stream is capturing")
 
 
+class _Refused(CpuTrainingGraphs):
+    def _make_graphed(self, step, static):
+        raise AssertionError("Modules must not have hooks registered at the time they are passed.")
+
+
 MODELS = [
     ("fnoreg", {"preset": "small", "n_layers": 2, "diffeomorphic": True}, 2, (24, 28)),
     ("voxelmorph", {"preset": "vxm2"}, 2, (32, 32)),
@@ -138,6 +143,7 @@ def test_a_step_that_reads_a_value_on_the_host_trains_eagerly():
 @pytest.mark.parametrize("cls, expected", [
     (_Scaled, "forward pass differed"),
     (_Failing, "capture failed: operation not permitted"),
+    (_Refused, "capture failed: Modules must not have hooks"),
 ])
 def test_a_replay_that_differs_or_a_failed_capture_trains_eagerly(cls, expected):
     model = build_model("voxelmorph", {"preset": "vxm2"}, 2)
