@@ -207,11 +207,11 @@ def start_run(folder, kind, start_epoch, device, train_size=None, n_params=None)
     return len(meta["runs"]) - 1
 
 
-def end_run(folder, index, status, end_epoch, message=None):
-    """Close run ``index`` with ``status`` (finished / interrupted / failed)."""
+def end_run(folder, index, status, end_epoch, message=None, **fields):
+    """Close run ``index`` with ``status`` (finished / interrupted / failed); ``fields`` are recorded too."""
     meta = read_metadata(folder)
     run = meta["runs"][index]
-    run.update(end_time=now(), end_epoch=end_epoch, status=status)
+    run.update(end_time=now(), end_epoch=end_epoch, status=status, **fields)
     if message:
         run["message"] = message
     write_metadata(folder, meta)

@@ -339,10 +339,17 @@ class TrainingLoop:
         finally:
             if self.main:
                 end_epoch = epoch if status == "finished" else (self.history.get("epoch") or [self.start_epoch])[-1]
-                xp.end_run(self.folder, self.run_index, status, end_epoch, message)
+                xp.end_run(self.folder, self.run_index, status, end_epoch, message, **self._run_fields())
                 if self.writer is not None:
                     self.writer.close()
             shutdown(self.dist)
+
+    def _run_fields(self):
+        """What the run's metadata entry records at its end: with ``--cuda_graphs``, what the graphs did."""
+        graphs = getattr(self, "training_graphs", None)
+        if graphs is None:
+            return {}
+        return {"cuda_graphs": {"replays": graphs.replays, "eager": sorted(set(graphs.eager_reasons.values()))}}
 
     def _save_interrupted(self, epoch, done_steps, sums):
         rank_rng = self._gather_rng()  # every rank stops at the same step (any_rank), so all are here

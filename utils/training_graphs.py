@@ -76,7 +76,10 @@ class TrainingGraphs(PerSignature):
         self.model = model
 
     def __getattr__(self, name):  # the trainer reads the model's attributes through its net
-        return getattr(self.__dict__["model"], name)
+        model = self.__dict__.get("model")
+        if model is None:  # not built yet (a copy being made)
+            raise AttributeError(name)
+        return getattr(model, name)
 
     def _watched_state(self):
         # Data pointers only: an optimizer step bumps every version, and the graphs read in place.

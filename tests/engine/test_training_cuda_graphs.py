@@ -5,6 +5,8 @@ The capture itself needs a GPU (``tests/models/test_cuda.py``); here the trainer
 ``tests/utils/test_training_graphs.py``, whose "replay" is the eager call.
 """
 
+import json
+
 import engine.training
 from tests.engine.test_training import assert_same_weights, train, weights, write_config
 from tests.utils.test_training_graphs import CpuTrainingGraphs
@@ -32,6 +34,8 @@ def test_a_run_through_the_graphs_trains_the_weights_of_an_eager_run(tmp_path, e
     (net,) = made
     assert net.captured == 1 and net.replays == 2 * 3 and not net.eager_reasons  # 3 steps an epoch
     assert_same_weights(weights(exp_root / "2d" / "exp1"), weights(exp_root / "2d" / "exp2"))
+    runs = [json.loads((exp_root / "2d" / f"exp{n}" / "metadata.json").read_text())["runs"] for n in (1, 2)]
+    assert "cuda_graphs" not in runs[0][-1] and runs[1][-1]["cuda_graphs"] == {"replays": 6, "eager": []}
 
 
 def test_checkpointing_trains_eagerly_with_a_notice(tmp_path, exp_root, monkeypatch, capsys):
