@@ -218,6 +218,8 @@ def evaluate_at(model, split, size, shape, out_dir, context, batch_size, n_panel
                "score_on": score_on, "label_shape": list(label_shape),
                **summarize(metrics, split.label_ids), **{k: v for k, v in context.items() if k not in head},
                "batch_size": int(batch_size), "created": xp.now(), "wall_time_s": time.perf_counter() - started}
+    if metrics.graphs is not None:
+        summary["cuda_graph_use"] = metrics.graphs
     write_json(out_dir / "summary.json", summary)
     return summary
 

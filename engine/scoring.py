@@ -46,6 +46,9 @@ class PairMetrics:
         With refinement (``--refine K``): the network's own field before refinement, scored the
         same way: ``dice_after`` (n_pairs, n_labels), ``folding``, ``sdlogj``, ``time_s`` (n_pairs,).
         The main attributes then score the refined field, and ``time_s`` includes refinement.
+    graphs : dict, optional
+        With ``cuda_graphs`` on CUDA: ``replays`` (calls a CUDA graph answered, warm-up included)
+        and ``eager`` (why an input shape ran eagerly), so a fallback is never silent.
     """
 
     dice_before: np.ndarray
@@ -57,6 +60,7 @@ class PairMetrics:
     labelled: np.ndarray
     hd95_one_sided: np.ndarray = None
     network: dict = None
+    graphs: dict = None
 
     @staticmethod
     def pair_score(per_label):
@@ -146,8 +150,11 @@ def register_split(model, data, label_ids, batch_size, hd95_spacing=None, panels
     once per input size instead of once per batch; the cache (and any graph) is freed on return.
     """
     with inference_session(model, cuda_graphs) as run:
-        return _register_split(run, data, label_ids, batch_size, hd95_spacing, panels, on_panel, progress, desc,
-                               refine)
+        metrics = _register_split(run, data, label_ids, batch_size, hd95_spacing, panels, on_panel, progress, desc,
+                                  refine)
+        if run is not model:
+            metrics.graphs = {"replays": run.replays, "eager": sorted(set(run.eager_reasons.values()))}
+        return metrics
 
 
 def _score_field(flow, batch, label_ids):

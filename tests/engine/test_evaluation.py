@@ -158,8 +158,10 @@ def test_evaluation_through_the_graph_bookkeeping_gives_the_eager_metrics(exp_ro
     monkeypatch.setattr(engine.evaluation, "cuda_graphs_on", lambda requested, device: bool(requested))
     assert evaluate(2, "--exp_num", "1", "--n_panels", "2", "--batch_size", "3", "--cuda_graphs") == 0
     graphed = read_csv(default_eval(exp_root, 2) / "per_pair.csv")
-    assert json.loads((default_eval(exp_root, 2) / "summary.json").read_text())["cuda_graphs"] is True
+    summary = json.loads((default_eval(exp_root, 2) / "summary.json").read_text())
+    assert summary["cuda_graphs"] is True
     assert len(recorded) == 2  # four pairs in batches of 3 and 1: two signatures, each captured once
+    assert summary["cuda_graph_use"] == {"replays": 4, "eager": []}  # two warm-up calls and two batches
     assert [{k: v for k, v in r.items() if k != "time_s"} for r in graphed] == \
         [{k: v for k, v in r.items() if k != "time_s"} for r in plain]
 
