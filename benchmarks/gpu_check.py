@@ -15,7 +15,9 @@ reported and the next one runs. The first run took about 10 minutes on an NVIDIA
 the experiments of the demos in ``--out/experiments`` so that nothing of the user's is touched.
 Where a session's device time is short (about 10 minutes a command), run
 ``--skip memory demos speed`` first (the tests and the graphs, what has never run on a GPU), then
-the rest. The figures go where each benchmark writes them (``--out/speed2d_graphs``,
+the rest. The graphs step also times FNOReg small, its shipped config and vxm2 eagerly
+(``--out/speed2d_eager``), so that it measures the graphs' gain by itself. The figures go where
+each benchmark writes them (``--out/speed2d_graphs``,
 ``--out/memory``, ``--out/speed2d``, ``--out/speed3d``); ``benchmarks/results/cuda/`` holds the
 ones of the first run.
 
@@ -37,6 +39,7 @@ STEPS = ("tests", "graphs", "memory", "demos", "speed")
 def plan(gpu, out):
     """The steps as (name, [(label, argv, seconds)]); argv without the interpreter."""
     ckpt = out / "fnoreg3d_ckpt.json"
+    shipped = REPO / "configs" / "fnoreg_2d_small.json"  # diffeomorphic, fold repair: what users train
     g = str(gpu)
     return [
         ("tests", [("CUDA against the CPU", ["-m", "pytest", "-q", "-p", "no:cacheprovider",
@@ -44,7 +47,13 @@ def plan(gpu, out):
         ("graphs", [("2D inference and training replayed from CUDA graphs, every model",
                      ["benchmarks/bench_speed.py", "--gpu_num", g, "--sizes", "2d_half", "2d_full",
                       "--cuda_graphs", "--repeats", "20", "--max_seconds", "6", "--no_plot",
-                      "--out", str(out / "speed2d_graphs")], 360)]),
+                      "--configs", f"fnoreg_2d_small={shipped}", "--out", str(out / "speed2d_graphs")], 360),
+                    # The same cells eagerly, minutes apart, so that the gain is measured by this step alone.
+                    ("2D eager reference: FNOReg small, its shipped config, vxm2",
+                     ["benchmarks/bench_speed.py", "--gpu_num", g, "--sizes", "2d_half", "2d_full",
+                      "--models", "fnoreg/small", "voxelmorph/vxm2", "--repeats", "20", "--max_seconds", "6",
+                      "--no_plot", "--configs", f"fnoreg_2d_small={shipped}",
+                      "--out", str(out / "speed2d_eager")], 120)]),
         ("memory", [("3D memory, every model", ["benchmarks/bench_memory.py", "--gpu_num", g,
                                                 "--configs", f"fnoreg3d_ckpt={ckpt}", "--sizes", "3d_half",
                                                 "3d_full", "--jobs", "6", "--timeout", "150",
