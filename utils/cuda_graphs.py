@@ -21,9 +21,12 @@ What keeps a replay honest:
   operations (the earlier ones may fill lazy caches, which a replay never repeats); a function that issues any is never captured and runs eagerly (the reason is kept
   in :attr:`GraphCache.eager_reasons`). Models split their forward pass so that the part before
   such a branch is captured (``graph_parts``, e.g. :meth:`models.fnoreg.FNOReg.graph_parts`).
-- **Checked once against the eager result.** After capture the graph is replayed on the warm-up
-  inputs and compared with the eager call; any difference beyond float rounding drops the graph
-  and the signature runs eagerly from then on.
+- **Checked once against the eager result.** After capture the graph is replayed on other
+  values than the capture's (:func:`probe_values`) and compared with the eager call on them; any
+  difference beyond float rounding drops the graph and the signature runs eagerly from then on.
+  (Checked on the capture's own inputs, a graph that recorded nothing would pass: its outputs
+  already hold them. That happens when the capture runs on another device's stream, which is
+  why the capture is also pinned to the inputs' device and an empty graph is an error.)
 - **Parameters that change invalidate every graph.** A graph reads the addresses of the tensors
   it saw. ``GraphCache(fn, watch=model)`` records the data pointer and version of every
   parameter and buffer at capture and, on each call, drops all graphs when any differs (an
@@ -175,6 +178,35 @@ def close_enough(a, b):
     return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-4, atol=1e-6 + 1e-5 * scale))
 
 
+def probe_values(t):
+    """Other values of ``t``'s shape, dtype and device, to check a replay on (not the capture's).
+
+    Floating point: the tensor mirrored along its last axis, halved, plus a ramp (so that no
+    tensor, a constant one included, maps to itself); integers: mirrored.
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        mirrored = t.flip(-1)
+        if not t.is_floating_point():
+            return mirrored
+        ramp = torch.linspace(0.0, 0.25, t.shape[-1], device=t.device, dtype=t.dtype)
+        return mirrored * 0.5 + ramp
+
+
+@contextlib.contextmanager
+def refuse_empty_graphs():
+    """Turn PyTorch's warning that a captured CUDA graph is empty into a RuntimeError.
+
+    An empty graph was captured on the wrong device or stream: its replays would do nothing.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        if "CUDA Graph is empty" in str(w.message):
+            raise RuntimeError("the CUDA graph recorded nothing (captured on another device or stream)")
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
 class _Entry:
     __slots__ = ("graph", "inputs", "outputs", "rebuild", "keep")
 
@@ -296,6 +328,12 @@ class GraphCache(PerSignature):
         entry.keep = scan.external  # what the graph reads and did not make: a freed cache would be garbage
         try:
             entry.graph, entry.outputs = self._record(static)
+            # Checked on other values than the capture's: a graph that recorded nothing (captured on
+            # another device's stream) still holds the capture's outputs, and would pass on those.
+            probe = [probe_values(t) for t in static]
+            probe_expected = _outputs(self.fn(*probe))[0]
+            for t, value in zip(static, probe):
+                t.copy_(value)
             entry.graph.replay()
             self._synchronize(device)
         except RuntimeError as error:  # a capture the scan did not foresee: run this signature eagerly
@@ -303,8 +341,8 @@ class GraphCache(PerSignature):
             self.eager_reasons[key] = f"capture failed: {str(error).splitlines()[0]}"
             warnings.warn(f"CUDA graph capture failed, running eagerly: {self.eager_reasons[key]}", stacklevel=4)
             return None, expected
-        if len(entry.outputs) != len(expected_tensors) or not all(
-                close_enough(a, b) for a, b in zip(entry.outputs, expected_tensors)):
+        if len(entry.outputs) != len(probe_expected) or not all(
+                close_enough(a, b) for a, b in zip(entry.outputs, probe_expected)):
             self.eager_reasons[key] = "the replay differed from the eager call"
             warnings.warn("a CUDA graph's replay differed from the eager call; running eagerly", stacklevel=4)
             return None, expected
@@ -327,10 +365,15 @@ class GraphCache(PerSignature):
         torch.cuda.current_stream(device).wait_stream(side)
 
     def _record(self, static):
-        """Capture ``fn(*static)``: (the graph, its output tensors)."""
+        """Capture ``fn(*static)``: (the graph, its output tensors).
+
+        On the inputs' device: ``torch.cuda.graph`` captures on a stream of the *current* device,
+        and a model on another GPU (``--gpu_num 1``) would run eagerly beside an empty graph.
+        """
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            outputs = _outputs(self.fn(*static))[0]
+        with torch.cuda.device(static[0].device), refuse_empty_graphs():
+            with torch.cuda.graph(graph):
+                outputs = _outputs(self.fn(*static))[0]
         return graph, outputs
 
     @staticmethod
@@ -338,4 +381,5 @@ class GraphCache(PerSignature):
         torch.cuda.synchronize(device)
 
 
-__all__ = ["GraphCache", "PerSignature", "SyncScan", "close_enough", "host_syncs", "SYNC_OPS"]
+__all__ = ["GraphCache", "PerSignature", "SyncScan", "close_enough", "host_syncs", "probe_values",
+           "refuse_empty_graphs", "SYNC_OPS"]

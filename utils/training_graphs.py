@@ -20,9 +20,11 @@ the CPU) calls the model as it is. What keeps it honest:
   and the like: every buffer is restored after the capture, and parameter gradients are never
   touched (the passes use ``torch.autograd.grad``).
 - **Checked once against the eager step.** After the capture, the graphed and the eager forward
-  and backward passes run on the same batch from the same random state; the output and every
+  and backward passes run on the same batch (other values than the capture's, so that a graph
+  that recorded nothing cannot pass) from the same random state; the output and every
   parameter's gradient must agree to float rounding, or the signature trains eagerly from then on
-  (with a warning). A failed capture does the same.
+  (with a warning). A failed capture does the same, and so does an empty one (captured on
+  another device's stream; the capture is pinned to the inputs' device).
 - **Replays follow the parameters.** An optimizer updates the parameters in place, which the
   graphs read; moving them (``model.to``, a new storage) drops every graph.
 - The replayed outputs live in the graph's memory: a step's flow is overwritten by the next
@@ -38,7 +40,7 @@ import warnings
 
 import torch
 
-from utils.cuda_graphs import PerSignature, SyncScan, close_enough
+from utils.cuda_graphs import PerSignature, SyncScan, close_enough, probe_values, refuse_empty_graphs
 
 
 class _Step(torch.nn.Module):
@@ -136,12 +138,17 @@ class TrainingGraphs(PerSignature):
         return None, grad_out
 
     def _check(self, graphed, static, params, grad_out, saved):
-        """None when the graphed pass equals the eager one (output and gradients), else why not."""
+        """None when the graphed pass equals the eager one (output and gradients), else why not.
+
+        On other values than the capture's (:func:`utils.cuda_graphs.probe_values`): a graph that
+        recorded nothing still holds the capture's outputs and would pass on those.
+        """
+        probe = [probe_values(t) for t in static]
         results = []
         for run in (self.model, graphed):
             _restore(self.model, saved)
             torch.manual_seed(0)  # the same random draws (stochastic depth) on both sides
-            out = run(*static)
+            out = run(*probe)
             grads = torch.autograd.grad(out, params, grad_out, allow_unused=True)
             results.append((out.detach().clone(), [None if g is None else g.detach().clone() for g in grads]))
         (out_e, grads_e), (out_g, grads_g) = results
@@ -161,8 +168,13 @@ class TrainingGraphs(PerSignature):
 
     @staticmethod
     def _make_graphed(step, static):
-        """Capture ``step``'s forward and backward pass on ``static`` inputs; returns the graphed module."""
-        return torch.cuda.make_graphed_callables(step, static, num_warmup_iters=3, allow_unused_input=True)
+        """Capture ``step``'s forward and backward pass on ``static`` inputs; returns the graphed module.
+
+        On the inputs' device: PyTorch captures on streams of the current device, and a model on
+        another GPU would run eagerly beside empty graphs (an error here).
+        """
+        with torch.cuda.device(static[0].device), refuse_empty_graphs():
+            return torch.cuda.make_graphed_callables(step, static, num_warmup_iters=3, allow_unused_input=True)
 
     @staticmethod
     def _synchronize(device):

@@ -207,3 +207,48 @@ def test_tuple_outputs_and_what_the_graph_keeps_alive():
     assert torch.allclose(a, layer(x)) and torch.allclose(b, x.sum(1))
     kept = {t.untyped_storage().data_ptr() for t in next(iter(cache.graphs.values())).keep}
     assert {layer.weight.data_ptr(), layer.bias.data_ptr()} <= kept
+
+
+class _EmptyGraph:
+    """What a capture on another device's stream leaves: a replay that does nothing."""
+
+    def replay(self):
+        pass
+
+
+def test_a_graph_that_recorded_nothing_is_caught_by_the_check_on_other_values():
+    """Its outputs hold the capture's results, so a check on the capture's own inputs would pass."""
+
+    class Empty(CpuGraphCache):
+        def _record(self, static):
+            out = self.fn(*static)  # ran eagerly beside the capture
+            return _EmptyGraph(), [out]
+
+    cache = Empty(_clean)
+    x, y = torch.rand(2, 1, 3, 8, 10)
+    with pytest.warns(UserWarning, match="differed"):
+        assert torch.equal(_inference(cache, x, y), _clean(x, y))
+    assert not cache.graphs and cache.replays == 0
+    assert torch.equal(_inference(cache, y, x), _clean(y, x))  # eager from then on, new values followed
+
+
+def test_an_empty_graph_warning_becomes_an_error_and_others_pass_through():
+    import warnings
+
+    from utils.cuda_graphs import refuse_empty_graphs
+
+    with pytest.raises(RuntimeError, match="recorded nothing"):
+        with refuse_empty_graphs():
+            warnings.warn("The CUDA Graph is empty. This usually means that the graph was attempted to be "
+                          "captured on wrong device or stream.")
+    with pytest.warns(UserWarning, match="something else"):
+        with refuse_empty_graphs():
+            warnings.warn("something else")
+
+
+@pytest.mark.parametrize("t", [torch.full((2, 5), 0.5), torch.rand(1, 3, 4, 6), torch.arange(6).view(2, 3)])
+def test_probe_values_differ_from_the_capture_inputs(t):
+    from utils.cuda_graphs import probe_values
+
+    p = probe_values(t)
+    assert p.shape == t.shape and p.dtype == t.dtype and not torch.equal(p, t)

@@ -173,3 +173,21 @@ def test_a_gradient_that_differs_is_named():
     net = HalfGradient(model)
     with pytest.warns(UserWarning, match="replayed gradient of"):
         net(*_pair((32, 32)))
+
+
+def test_a_graph_that_ignores_new_inputs_is_caught():
+    """A stale graph (one that recorded nothing replays the capture's results) fails the check,
+    which runs on other values than the capture's."""
+
+    class Stale(CpuTrainingGraphs):
+        def _make_graphed(self, step, static):
+            frozen = [t.clone() for t in static]
+            return lambda moving, fixed: step(*frozen)
+
+    model = build_model("voxelmorph", {"preset": "vxm2"}, 2)
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.01)
+    net = Stale(model)
+    with pytest.warns(UserWarning, match="differed"):
+        net(*_pair((32, 32)))
+    assert net.replays == 0 and net.eager_reasons
