@@ -33,6 +33,7 @@ Outputs in ``--out``: ``speed.json`` (machine, settings, every cell with all its
 """
 
 import argparse
+import contextlib
 import gc
 import math
 import sys
@@ -155,7 +156,7 @@ def training_fn(model, entry, dim, shape, device, cuda_graphs=False):
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        ctx = torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t) if state["hooks"] else _null()
+        ctx = torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t) if state["hooks"] else contextlib.nullcontext()
         with ctx:
             flow = net(moving, fixed)
             warped = warp(moving, flow)
@@ -169,14 +170,6 @@ def training_fn(model, entry, dim, shape, device, cuda_graphs=False):
 
     step.graphed = graphed
     return step, batch, (saved if graphed is None else None)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _free(device):
