@@ -6,7 +6,7 @@ import torch
 
 
 def select_device(gpu_num, quiet=False):
-    """``cuda:<gpu_num>`` when CUDA has that GPU; the CPU for -1 or when CUDA is absent.
+    """``cuda:<gpu_num>`` when CUDA has that GPU (made the current device); the CPU for -1 or when CUDA is absent.
 
     Falling back to the CPU prints one line, so a run on the wrong device is never silent.
     An index beyond the visible GPUs is a ValueError naming how many there are.
@@ -24,6 +24,9 @@ def select_device(gpu_num, quiet=False):
         from utils.errors import UserError
 
         raise UserError(f"--gpu_num {gpu_num} but only {count} GPU(s) are visible (0..{count - 1}); pick one or -1")
+    # The current device too: streams, CUDA graphs and PyTorch's own context default to it, and
+    # left at 0 a run on GPU 1 would also hold a context (memory) on GPU 0.
+    torch.cuda.set_device(gpu_num)
     return torch.device(f"cuda:{gpu_num}")
 
 
