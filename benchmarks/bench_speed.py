@@ -269,8 +269,8 @@ def _measure(entry, model, dim, shape, device, mode, repeats, max_seconds, previ
     if saved is not None:
         out["saved_bytes"] = saved.total
     if graphed is not None:
-        out["graph_replays"] = graphed.replays
-        out["graph_eager"] = "; ".join(dict.fromkeys(graphed.eager_reasons.values())) or None
+        use = graphed.usage()
+        out["graph_replays"], out["graph_eager"] = use["replays"], "; ".join(use["eager"]) or None
     return out
 
 

@@ -153,7 +153,7 @@ def register_split(model, data, label_ids, batch_size, hd95_spacing=None, panels
         metrics = _register_split(run, data, label_ids, batch_size, hd95_spacing, panels, on_panel, progress, desc,
                                   refine)
         if run is not model:
-            metrics.graphs = {"replays": run.replays, "eager": sorted(set(run.eager_reasons.values()))}
+            metrics.graphs = run.usage()
         return metrics
 
 

@@ -32,6 +32,7 @@ from models.spectral import weight_cache
 from utils.distributed import any_rank, barrier, mean_over_ranks, shutdown
 from utils.errors import EXIT_INTERRUPTED
 from utils.fileio import write_json
+from utils.training_graphs import TrainingGraphs
 
 PLOT_INTERVAL_S = 60
 
@@ -346,10 +347,7 @@ class TrainingLoop:
 
     def _run_fields(self):
         """What the run's metadata entry records at its end: with ``--cuda_graphs``, what the graphs did."""
-        graphs = getattr(self, "training_graphs", None)
-        if graphs is None:
-            return {}
-        return {"cuda_graphs": {"replays": graphs.replays, "eager": sorted(set(graphs.eager_reasons.values()))}}
+        return {"cuda_graphs": self.net.usage()} if isinstance(self.net, TrainingGraphs) else {}
 
     def _save_interrupted(self, epoch, done_steps, sums):
         rank_rng = self._gather_rng()  # every rank stops at the same step (any_rank), so all are here

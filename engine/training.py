@@ -137,7 +137,6 @@ class Trainer(TrainingLoop):
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
-        self.training_graphs = None
         if cuda_graphs_on(args.cuda_graphs, self.device):
             why_not = ("several processes (DistributedDataParallel)" if self.dist.enabled else
                        "activation checkpointing" if getattr(self.model, "checkpointing", False) else None)
@@ -145,7 +144,7 @@ class Trainer(TrainingLoop):
                 if self.main:
                     print(f"notice: --cuda_graphs is not used with {why_not}; training eagerly", file=sys.stderr)
             else:
-                self.net = self.training_graphs = TrainingGraphs(self.model)
+                self.net = TrainingGraphs(self.model)
         self._prepare_folder()
 
     # ----------------------------------------------------------------------------- setup

@@ -50,6 +50,10 @@ class GraphedModel:
         """Calls answered by a graph so far."""
         return self.graphs.replays
 
+    def usage(self):
+        """What the graphs did, for a record (:meth:`utils.cuda_graphs.PerSignature.usage`)."""
+        return self.graphs.usage()
+
     @property
     def eager_reasons(self):
         """Input signature -> why it runs eagerly (see :class:`utils.cuda_graphs.GraphCache`)."""

@@ -242,6 +242,20 @@ class PerSignature:
         self.graphs.clear()
         self._state = None
 
+    def usage(self):
+        """``{"replays": calls a graph answered, "eager": why any signature ran eagerly}``, for a record."""
+        return {"replays": self.replays, "eager": sorted(set(self.eager_reasons.values()))}
+
+    # -- the CUDA calls the CPU tests stand in for (subclasses add their capture) -----------------
+    @staticmethod
+    def _eligible(tensor):
+        """Whether an input lets the call be graphed: a CUDA tensor."""
+        return tensor.is_cuda
+
+    @staticmethod
+    def _synchronize(device):
+        torch.cuda.synchronize(device)
+
     def _graphed_call(self, inputs, eager):
         """The replay for ``inputs``' signature (captured first if new), or ``eager(*inputs)``."""
         key = tuple((tuple(t.shape), t.dtype, t.device) for t in inputs)
@@ -350,11 +364,6 @@ class GraphCache(PerSignature):
 
     # -- the CUDA calls, one method each (the CPU tests stand in for them) ------------------------
     @staticmethod
-    def _eligible(tensor):
-        """Whether an input lets the call be graphed: a CUDA tensor."""
-        return tensor.is_cuda
-
-    @staticmethod
     @contextlib.contextmanager
     def _warm_up_stream(device):
         """Run the warm-up on a side stream, as PyTorch's CUDA-graph recipe asks."""
@@ -376,9 +385,6 @@ class GraphCache(PerSignature):
                 outputs = _outputs(self.fn(*static))[0]
         return graph, outputs
 
-    @staticmethod
-    def _synchronize(device):
-        torch.cuda.synchronize(device)
 
 
 __all__ = ["GraphCache", "PerSignature", "SyncScan", "close_enough", "host_syncs", "probe_values",

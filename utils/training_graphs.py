@@ -162,11 +162,6 @@ class TrainingGraphs(PerSignature):
 
     # -- the CUDA calls, one method each (the CPU tests stand in for them) ------------------------
     @staticmethod
-    def _eligible(tensor):
-        """Whether an input lets the step be graphed: a CUDA tensor."""
-        return tensor.is_cuda
-
-    @staticmethod
     def _make_graphed(step, static):
         """Capture ``step``'s forward and backward pass on ``static`` inputs; returns the graphed module.
 
@@ -175,10 +170,6 @@ class TrainingGraphs(PerSignature):
         """
         with torch.cuda.device(static[0].device), refuse_empty_graphs():
             return torch.cuda.make_graphed_callables(step, static, num_warmup_iters=3, allow_unused_input=True)
-
-    @staticmethod
-    def _synchronize(device):
-        torch.cuda.synchronize(device)
 
 
 def _restore(model, saved):
