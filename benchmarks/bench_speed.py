@@ -109,8 +109,9 @@ def inference_fn(model, shape, device, cuda_graphs=False):
 
     Inside :func:`models.graphed.inference_session`, held open for every call as an evaluation
     holds it for a whole split: a factorised spectral weight is rebuilt in the warm-up call and
-    reused; with ``cuda_graphs`` on CUDA the warm-up call also captures the graph that the timed
-    calls replay (``call.graphed`` then says how many calls it answered, or why it did not).
+    reused; with ``cuda_graphs`` on CUDA a first call, timed apart (``capture_s``), captures the
+    graph that the warm-up and timed calls replay (``call.graphed`` then says how many calls it
+    answered, or why it did not).
     """
     from models import warp
     from models.graphed import inference_session
@@ -246,19 +247,21 @@ def _measure(entry, model, dim, shape, device, mode, repeats, max_seconds, previ
         if have is not None and need > MEMORY_HEADROOM * have:
             return {"status": "skipped", "reason": f"needs ≈{need / 2**30:.1f} GiB (extrapolated), "
                     f"{have / 2**30:.1f} GiB available", "predicted_bytes": need}
-    graphed = None
     try:
         if mode == "inference":
             model.eval()
-            call = inference_fn(model, shape, device, cuda_graphs)
-            timing = time_call(call, device, repeats, max_seconds)
+            fn = inference_fn(model, shape, device, cuda_graphs)
             batch, saved = 1, None
-            graphed = call.graphed
         else:
             model.train()
-            step, batch, saved = training_fn(model, entry, dim, shape, device, cuda_graphs)
-            timing = time_call(step, device, repeats, max_seconds)
-            graphed = step.graphed
+            fn, batch, saved = training_fn(model, entry, dim, shape, device, cuda_graphs)
+        graphed = fn.graphed
+        capture_s = None
+        if graphed is not None and device.type == "cuda":
+            # The capture (scan, warm-up passes, check) is a one-off of seconds: timed apart, so
+            # that the warm-up call, which also budgets the repeats, is a replay.
+            capture_s = time_call(fn, device, 0)["warmup_s"]
+        timing = time_call(fn, device, repeats, max_seconds)
     except Exception as exc:  # noqa: BLE001 - an out-of-memory cell is a result, anything else is not
         if _is_oom(exc):
             return {"status": "out of memory", "reason": short_reason(exc)}
@@ -269,6 +272,8 @@ def _measure(entry, model, dim, shape, device, mode, repeats, max_seconds, previ
     if saved is not None:
         out["saved_bytes"] = saved.total
     if graphed is not None:
+        if capture_s is not None:
+            out["capture_s"] = capture_s
         use = graphed.usage()
         out["graph_replays"], out["graph_eager"] = use["replays"], "; ".join(use["eager"]) or None
     return out
@@ -332,7 +337,7 @@ def markdown(result):
         lines.append("On CUDA, inference and the training step's forward and backward pass replayed from "
                      "CUDA graphs (`--cuda_graphs`: models/graphed.py, utils/training_graphs.py); (eager): a "
                      "model whose call could not be captured ran eagerly (the reason is in `speed.json`, "
-                     "`graph_eager`).")
+                     "`graph_eager`). Each capture is timed apart from the cell (`capture_s`).")
     cells = result["cells"]
     sizes = list(dict.fromkeys(c["size"] for c in cells))
     for device in dict.fromkeys(c["device"] for c in cells):

@@ -7,6 +7,8 @@ is an inverse real FFT with the doubly counted frequencies halved; :func:`rfft` 
 way (one ``irfft`` of only the kept frequencies), with results equal to PyTorch's to rounding.
 """
 
+import functools
+
 import torch
 
 _DUAL_NORM = {"forward": "backward", "backward": "forward", "ortho": "ortho"}
@@ -24,15 +26,26 @@ class _KeptRFFT(torch.autograd.Function):
     def backward(ctx, grad):
         dim, n = ctx.dim, ctx.n
         width = grad.shape[dim]
-        # irfft counts every bin but 0 (and n/2 for even n) twice, by Hermitian symmetry.
-        scale = torch.full((width,), 0.5, dtype=grad.real.dtype, device=grad.device)
-        scale[0] = 1.0
-        if n % 2 == 0 and width == n // 2 + 1:
-            scale[-1] = 1.0
         shape = [1] * grad.ndim
         shape[dim] = width
-        out = torch.fft.irfft(grad * scale.view(shape), n=n, dim=dim, norm=_DUAL_NORM[ctx.norm])
+        scale = _halved_bins(n, width, grad.real.dtype, grad.device).view(shape)
+        out = torch.fft.irfft(grad * scale, n=n, dim=dim, norm=_DUAL_NORM[ctx.norm])
         return out, None, None, None
+
+
+@functools.lru_cache(maxsize=64)
+def _halved_bins(n, width, dtype, device):
+    """(width,) weights of the adjoint: irfft counts every bin but 0 (and n/2 for even n) twice.
+
+    Kept per size, dtype and device, made on the host and moved once: built on a GPU in every
+    backward pass (``scale[0] = 1.0``), it was a copy from the host that waits for the stream and
+    that a CUDA graph cannot capture. Never write into it.
+    """
+    scale = [1.0] + [0.5] * (width - 1)
+    if n % 2 == 0 and width == n // 2 + 1 and width > 1:
+        scale[-1] = 1.0
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.tensor(scale, dtype=dtype).to(device)
 
 
 def rfft(x, dim=-1, norm="backward", width=None):

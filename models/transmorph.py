@@ -25,6 +25,7 @@ is not shifted along it (as in the Swin paper); when it is larger but not a mult
 zero-padded to whole windows (as in TransMorph's code).
 """
 
+import functools
 import itertools
 import math
 
@@ -66,6 +67,25 @@ def _windows(x, window):
     x = x.view(*shape, c)
     order = [0] + [1 + 2 * i for i in range(d)] + [2 + 2 * i for i in range(d)] + [2 * d + 1]
     return x.permute(*order).reshape(-1, math.prod(window), c)
+
+
+@functools.lru_cache(maxsize=32)
+def _shift_mask(padded, window, shift, device):
+    """(n_windows, N, N) additive mask that keeps shifted windows from mixing distant regions.
+
+    A constant of the padded shape, window and shift: built on the host once and kept per
+    device (built on a GPU in every block's call, its region labels were written from the host
+    each time, and a CUDA graph could not capture the call). Never write into it.
+    """
+    slices = [((slice(0, -w), slice(-w, -s), slice(-s, None)) if s else (slice(None),))
+              for w, s in zip(window, shift)]
+    with torch.inference_mode(False), torch.no_grad():  # usable inside and outside inference mode
+        regions = torch.zeros((1, *padded, 1))
+        for label, index in enumerate(itertools.product(*slices)):
+            regions[(slice(None), *index, slice(None))] = label
+        regions = _windows(regions, window).squeeze(-1)
+        diff = regions[:, None, :] - regions[:, :, None]
+        return torch.zeros_like(diff).masked_fill(diff != 0, -100.0).to(device)
 
 
 def _unwindows(windows, window, spatial, batch):
@@ -129,17 +149,6 @@ class _SwinBlock(nn.Module):
         hidden = int(channels * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, channels))
 
-    def _mask(self, padded, window, shift, device):
-        """(n_windows, N, N) additive mask that keeps shifted windows from mixing distant regions."""
-        regions = torch.zeros((1, *padded, 1), device=device)
-        slices = [((slice(0, -w), slice(-w, -s), slice(-s, None)) if s else (slice(None),))
-                  for w, s in zip(window, shift)]
-        for label, index in enumerate(itertools.product(*slices)):
-            regions[(slice(None), *index, slice(None))] = label
-        regions = _windows(regions, window).squeeze(-1)
-        diff = regions[:, None, :] - regions[:, :, None]
-        return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
-
     def forward(self, x):
         spatial = x.shape[1:-1]
         window = tuple(min(w, n) for w, n in zip(self.window, spatial))
@@ -157,7 +166,7 @@ class _SwinBlock(nn.Module):
         mask = None
         if any(shift):
             x = torch.roll(x, [-s for s in shift], axes)
-            mask = self._mask(padded, window, shift, x.device)
+            mask = _shift_mask(tuple(padded), window, shift, x.device)
         x = _unwindows(self.attn(_windows(x, window), window, mask), window, padded, x.shape[0])
         if any(shift):
             x = torch.roll(x, list(shift), axes)

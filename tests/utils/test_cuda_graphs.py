@@ -8,7 +8,7 @@ import contextlib
 import pytest
 import torch
 
-from utils.cuda_graphs import GraphCache, SyncScan, host_syncs
+from utils.cuda_graphs import GraphCache, SyncScan, close_enough, host_syncs
 
 
 def _clean(x, y):
@@ -43,6 +43,50 @@ def test_scan_passes_integer_indexing_and_cpu_scalars():
     index = torch.tensor([0, 2, 5])
     _, found = host_syncs(lambda t: t[index] * 3.0 + t[1:3].sum(), x)
     assert found == []
+
+
+class _NumberIntoElement(torch.autograd.Function):
+    """A backward pass that writes a Python number into one element of a device tensor."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        scale = torch.ones_like(grad)
+        scale[0] = 0.5  # on CUDA: a copy from the host; on meta: a scalar_tensor copied in
+        return grad * scale
+
+
+@pytest.mark.parametrize("write, expected", [
+    (lambda t: t.__setitem__(0, 1.0), "aten::copy_"),
+    (lambda t: t.__setitem__(slice(1, 3), 2.0), "aten::copy_"),
+    (lambda t: t.__setitem__(torch.tensor([1], device="meta"), 3.0), "aten::index_put_"),
+    (lambda t: _NumberIntoElement.apply(t.requires_grad_()).sum().backward(), "aten::copy_"),
+])
+def test_scan_flags_a_python_number_assigned_into_a_device_tensor(write, expected):
+    """What the meta device shows of ``x[i] = number``; seen in a backward pass too (a torch
+    function mode is not active there)."""
+    with SyncScan() as scan:
+        write(torch.zeros(4, device="meta"))
+    assert f"{expected} (a Python number assigned into a meta tensor)" in scan.found, scan.found
+
+
+def test_scan_passes_numbers_a_kernel_takes_as_arguments():
+    with SyncScan() as scan:
+        t = torch.zeros(4, device="meta")
+        torch.where(t > 0, t, 0.0).masked_fill(t > 1, -1.0).clamp(min=0.5).narrow(0, 1, 2).fill_(3.0)
+    assert scan.found == []
+
+
+def test_close_enough_counts_noise_of_a_zero_gradient_against_a_floor():
+    """Rounding noise of an exactly zero gradient fails on its own scale, passes on the model's."""
+    noise = torch.tensor([3e-5, -2e-5])
+    other = torch.tensor([-1e-5, 4e-5])
+    assert not close_enough(noise, other)
+    assert close_enough(noise, other, scale_floor=10.0)
+    assert not close_enough(noise + 1e-3, other, scale_floor=10.0)  # a real difference still fails
 
 
 def test_scan_is_a_mode_usable_directly():

@@ -173,6 +173,8 @@ def test_a_gradient_that_differs_is_named():
     net = HalfGradient(model)
     with pytest.warns(UserWarning, match="replayed gradient of"):
         net(*_pair((32, 32)))
+    (reason,) = net.eager_reasons.values()
+    assert "largest difference" in reason and "the model's" in reason
 
 
 def test_a_graph_that_ignores_new_inputs_is_caught():
