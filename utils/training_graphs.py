@@ -21,8 +21,9 @@ the CPU) calls the model as it is. What keeps it honest:
   touched (the passes use ``torch.autograd.grad``).
 - **Checked once against the eager step.** After the capture, the graphed and the eager forward
   and backward passes run on the same batch (other values than the capture's, so that a graph
-  that recorded nothing cannot pass) from the same random state; the output and every
-  parameter's gradient must agree to float rounding, or the signature trains eagerly from then on
+  that recorded nothing cannot pass) from the same random state; the output must agree to float
+  rounding and every parameter's gradient to 5 % in norm (:func:`first_differing_gradient`: the
+  replay may run other cuDNN algorithms), or the signature trains eagerly from then on
   (with a warning). A failed capture does the same, and so does an empty one (captured on
   another device's stream; the capture is pinned to the inputs' device).
 - **Replays follow the parameters.** An optimizer updates the parameters in place, which the
@@ -154,16 +155,11 @@ class TrainingGraphs(PerSignature):
         (out_e, grads_e), (out_g, grads_g) = results
         if not close_enough(out_g, out_e):
             return "the replayed forward pass differed from the eager one"
-        # Rounding noise of a gradient that is zero in exact arithmetic counts against 1 % of the
-        # model's largest gradient (utils.cuda_graphs.close_enough).
-        floor = 1e-2 * max((float(g.abs().max()) for g in grads_e if g is not None and g.numel()), default=0.0)
-        for p, a, b in zip(params, grads_g, grads_e):
-            if (a is None) != (b is None) or (a is not None and not close_enough(a, b, floor)):
-                name = next((n for n, q in self.model.named_parameters() if q is p), "a parameter")
-                detail = "" if a is None or b is None or a.shape != b.shape else (
-                    f" (largest difference {float((a - b).abs().max()):.3g}, its largest value "
-                    f"{float(b.abs().max()):.3g}, the model's {100 * floor:.3g})")
-                return f"the replayed gradient of {name} differed from the eager one{detail}"
+        bad = first_differing_gradient(grads_g, grads_e)
+        if bad is not None:
+            index, detail = bad
+            name = next((n for n, q in self.model.named_parameters() if q is params[index]), "a parameter")
+            return f"the replayed gradient of {name} differed from the eager one{detail}"
         return None
 
     # -- the CUDA calls, one method each (the CPU tests stand in for them) ------------------------
@@ -178,10 +174,37 @@ class TrainingGraphs(PerSignature):
             return torch.cuda.make_graphed_callables(step, static, num_warmup_iters=3, allow_unused_input=True)
 
 
+def first_differing_gradient(got, expected, rtol=0.05, floor=0.01):
+    """(index, detail) of the first gradient in ``got`` that differs from ``expected``, or None.
+
+    Compared per parameter in norm: ``|got - expected| <= rtol * max(|expected|, floor * the
+    largest |expected|)``, the rule of the CUDA-against-CPU tests (``tests/models/test_cuda.py``).
+    Not float rounding: on a GPU the replay and the eager pass may run other cuDNN/cuBLAS
+    algorithms (chosen under capture with other workspaces), with TF32 convolutions differing by
+    about 1e-3, and a gradient that is zero in exact arithmetic (a bias before a batch norm) holds
+    only rounding noise, measured against the model's largest gradient. The errors the check is
+    for (a stale or empty graph, state the capture left behind, other random draws) are O(1).
+    ``None`` must match ``None``.
+    """
+    norms = [float(torch.linalg.vector_norm(g)) for g in expected if g is not None]
+    largest = max(norms, default=0.0)
+    for i, (a, b) in enumerate(zip(got, expected)):
+        if (a is None) != (b is None):
+            return i, " (a gradient on one side only)"
+        if a is None:
+            continue
+        if a.shape != b.shape:
+            return i, f" (shape {tuple(a.shape)} against {tuple(b.shape)})"
+        err, norm = float(torch.linalg.vector_norm(a - b)), float(torch.linalg.vector_norm(b))
+        if not err <= rtol * max(norm, floor * largest) + 1e-12:  # a NaN fails too
+            return i, f" (difference {err:.3g} in norm, its norm {norm:.3g}, the model's largest {largest:.3g})"
+    return None
+
+
 def _restore(model, saved):
     with torch.no_grad():
         for buffer, value in zip(model.buffers(), saved):
             buffer.copy_(value)
 
 
-__all__ = ["TrainingGraphs"]
+__all__ = ["TrainingGraphs", "first_differing_gradient"]

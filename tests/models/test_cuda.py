@@ -205,7 +205,9 @@ def test_cuda_graph_training_trains_as_the_eager_step(case):
     """Three steps replayed from the graphs against three eager steps: same flows, weights, buffers.
 
     SGD, not Adam: a gradient that differs by rounding (atomic adds in grid_sample's backward)
-    moves an Adam update of a near-zero gradient by up to the learning rate.
+    moves an Adam update of a near-zero gradient by up to the learning rate. Weights are compared
+    with how far the steps moved them: the replay may run other cuDNN algorithms (TF32 off here,
+    float32 rounding still differs), and with gradients of ~100 the steps dwarf the weights.
     """
     import copy
 
@@ -214,6 +216,7 @@ def test_cuda_graph_training_trains_as_the_eager_step(case):
     name, config, dim, sizes = case
     _, gpu = _models(name, config, dim)
     eager = copy.deepcopy(gpu)
+    initial = copy.deepcopy(gpu.state_dict())
     net = TrainingGraphs(gpu)
     flows = []
     for run, model in ((eager, eager), (net, gpu)):
@@ -232,8 +235,10 @@ def test_cuda_graph_training_trains_as_the_eager_step(case):
     assert net.replays == 3
     for a, b in zip(flows[3:], flows[:3]):
         _close(a.cpu(), b.cpu(), 1e-4)
-    for (pname, a), b in zip(eager.state_dict().items(), gpu.state_dict().values()):
+    for (pname, a), b, start in zip(eager.state_dict().items(), gpu.state_dict().values(), initial.values()):
         if a.is_floating_point() or a.is_complex():
-            _close(b.cpu(), a.cpu(), 1e-4)
+            err, moved = (b - a).abs().max().item(), (a - start).abs().max().item()
+            assert err <= 1e-2 * moved + 1e-4 * a.abs().max().item() + 1e-6, \
+                f"{pname}: {err:.3g} from the eager weights, which 3 steps moved by {moved:.3g}"
         else:
             assert torch.equal(a, b), pname
