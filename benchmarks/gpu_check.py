@@ -5,16 +5,16 @@
 What a session with a GPU should run first, in the order of what it is worth: the CUDA-against-
 CPU tests (``tests/models/test_cuda.py``, CUDA graphs of inference and training included); 2D
 inference and training of every model replayed from CUDA graphs (``bench_speed.py --cuda_graphs``,
-never yet run on a GPU); the 3D
+first run on 2026-11-30); the 3D
 memory of every model at half and full size with FNOReg's published config checkpointed and not
 (``bench_memory.py --jobs 6``); the 2D and 3D demos trained and evaluated on the GPU; and the
 speed of every model at the four sizes (``bench_speed.py``). Each step runs as a subprocess with
 its own time limit and writes its log into ``--out``; a step that fails or runs out of time is
 reported and the next one runs. The first run took about 10 minutes on an NVIDIA H200 (tests
-2.5, memory 2, demos 2, speed 2 minutes; the graphs step came later, about 3 minutes more), with
+2.5, memory 2, demos 2, speed 2 minutes; the graphs step, run later, took about 1.5 minutes), with
 the experiments of the demos in ``--out/experiments`` so that nothing of the user's is touched.
 Where a session's device time is short (about 10 minutes a command), run
-``--skip memory demos speed`` first (the tests and the graphs, what has never run on a GPU), then
+``--skip memory demos speed`` first (the tests and the graphs, the newest GPU paths), then
 the rest. The graphs step also times FNOReg small, its shipped config and vxm2 eagerly
 (``--out/speed2d_eager``), so that it measures the graphs' gain by itself. The figures go where
 each benchmark writes them (``--out/speed2d_graphs``,
