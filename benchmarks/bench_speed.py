@@ -21,6 +21,10 @@ What is measured, per model, preset and size:
 - **Cost growth**: ``speed_scaling.png``, time per pair against pixels on log-log axes, and the
   fitted exponent (slope) per model in ``speed.json``.
 
+Every cell starts from the model's built weights (restored in place before each), so an
+inference cell never times what an earlier training cell's steps on random images made of it
+(a FNOReg that folds, whose fold repair then runs every call).
+
 Cells that cannot or should not run say why: a size the model refuses (``skipped (...)``), a
 cell whose time extrapolated from the next smaller size of the same dimension exceeds
 ``--max_seconds``, a CPU training cell whose activation memory extrapolated from the next
@@ -206,6 +210,9 @@ def bench(entries, sizes, devices, repeats, max_seconds, modes=MODES, progress=T
                 from models import count_parameters
 
                 n_params = count_parameters(model)
+                # Every cell starts from the built weights: a training cell's Adam steps on random
+                # images make FNOReg fold, and a later inference cell would time the fold repair.
+                initial = {k: v.clone() for k, v in model.state_dict().items()}
                 previous = {}  # mode -> (pixels, per-call seconds, saved bytes) of the last measured size
                 for size_name, shape in dim_sizes:
                     pixels = math.prod(shape)
@@ -215,6 +222,7 @@ def bench(entries, sizes, devices, repeats, max_seconds, modes=MODES, progress=T
                                 "shape": list(shape), "pixels": pixels, "mode": mode, "n_params": n_params,
                                 "batch": 1 if mode == "inference" else entry.batch_size(dim),
                                 "config_file": entry.config_file}
+                        model.load_state_dict(initial)  # in place: a captured graph stays valid
                         cell.update(_measure(entry, model, dim, shape, device, mode, repeats, max_seconds,
                                              previous.get(mode), cuda_graphs))
                         if cell["status"] == "ok":
@@ -225,7 +233,7 @@ def bench(entries, sizes, devices, repeats, max_seconds, modes=MODES, progress=T
                                     else f"{cell['status']} ({cell.get('reason', '')})")
                             print(f"{device} {entry.label} {size_name} {mode}: {what}", file=sys.stderr, flush=True)
                         _free(device)
-                del model
+                del model, initial
                 _free(device)
     add_ratios(cells)
     return cells

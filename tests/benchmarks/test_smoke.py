@@ -63,6 +63,25 @@ def test_speed_cuda_graphs_flag_leaves_the_cpu_eager():
     assert "(eager)" not in bench_speed._cell_text(cells[0])
 
 
+def test_speed_cells_start_from_the_built_weights(monkeypatch):
+    """A training cell's steps must not carry into the next cell (they made FNOReg fold, and the
+    next inference cell timed the fold repair)."""
+    seen = []
+    measure = bench_speed._measure
+
+    def recording(entry, model, *args, **kwargs):
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return measure(entry, model, *args, **kwargs)
+
+    monkeypatch.setattr(bench_speed, "_measure", recording)
+    entries = common.parse_models(["voxelmorph/vxm2"], add_reference=False)
+    cells = bench_speed.bench(entries, [("16x16", (16, 16)), ("16x32", (16, 32))], [bench_speed.torch.device("cpu")],
+                              1, 5, modes=("training", "inference"), progress=False)
+    assert [c["status"] for c in cells] == ["ok"] * 4 and len(seen) == 4
+    for state in seen[1:]:
+        assert all(bench_speed.torch.equal(a, b) for a, b in zip(seen[0].values(), state.values()))
+
+
 def test_speed_skips_what_cannot_run():
     entries = common.parse_models(["transmorph/base"], add_reference=False)
     cells = bench_speed.bench(entries, [("16x16", (16, 16))], [bench_speed.torch.device("cpu")], 1, 5,

@@ -250,7 +250,7 @@ def test_cuda_graph_training_trains_as_the_eager_step(case):
             moved_eager.append((a - start).to(wide))
         else:
             assert torch.equal(a, b), pname
-    # Against a tenth of the most-moved parameter, not 1 %: atomic adds in grid_sample's backward
+    # Against a tenth of the most-moved parameter, not 1 %: most likely, atomic adds in grid_sample's backward
     # (the diffeomorphic integration) make a small gradient noisy in eager runs too (measured on an
     # H200: lifting.weight moved 0.0039 where the most-moved parameter moved 1.01; replay and eager
     # differed by 0.0007).
