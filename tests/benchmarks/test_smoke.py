@@ -14,7 +14,7 @@ import types
 import numpy as np
 import pytest
 
-from benchmarks import bench_memory, bench_resolution, bench_speed, common
+from benchmarks import bench_memory, bench_resolution, bench_speed, common, speed_report
 from benchmarks.run_all import quick_args
 
 
@@ -44,14 +44,12 @@ def test_speed_smoke(tmp_path):
 
 
 def test_scaling_exponents_fit_each_dimension_apart():
-    from benchmarks import bench_speed
-
     def cell(dim, pixels, seconds):
         return {"status": "ok", "device": "cpu", "label": "m", "mode": "inference", "dim": dim, "pixels": pixels,
                 "seconds_per_pair": seconds}
     # Linear in 2D, quadratic in 3D, and 3D much slower per pixel: one line through all four would say neither.
     cells = [cell(2, 100, 1.0), cell(2, 400, 4.0), cell(3, 1000, 100.0), cell(3, 8000, 6400.0)]
-    slopes = bench_speed.scaling_exponents(cells)["cpu"]
+    slopes = speed_report.scaling_exponents(cells)["cpu"]
     assert slopes["m (2D)"]["inference"] == pytest.approx(1.0) and slopes["m (3D)"]["inference"] == pytest.approx(2.0)
 
 
@@ -60,7 +58,7 @@ def test_speed_cuda_graphs_flag_leaves_the_cpu_eager():
     cells = bench_speed.bench(entries, [("16x32", (16, 32))], [bench_speed.torch.device("cpu")], 1, 5,
                               modes=("inference",), progress=False, cuda_graphs=True)
     assert cells[0]["status"] == "ok" and "graph_replays" not in cells[0]
-    assert "(eager)" not in bench_speed._cell_text(cells[0])
+    assert "(eager)" not in speed_report._cell_text(cells[0])
 
 
 def test_speed_cells_start_from_the_built_weights(monkeypatch):
