@@ -81,7 +81,7 @@ class SyncScan(TorchDispatchMode):
     has a value-dependent output shape (:data:`SYNC_OPS`, indexing with a boolean mask), each
     one whose tensors lie on more than one device (a copy between host and device, or a host
     tensor read by a device kernel, whose value a graph would freeze), and each tensor made from
-    host data on a device (``torch.tensor(values, device=...)``, seen one level up, as a torch
+    host data on a device (``torch.tensor(values, device=...)``, ``x[[i, j]]``, seen one level up, as a torch
     function: a copy from pageable memory, which on CUDA waits for the stream), and each Python
     number assigned into a device tensor (``x[i] = 1.0``, :data:`_WRITES`; in a backward pass too).
     Works on any device, so the same check runs in CPU tests, with the ``meta`` device standing
@@ -147,11 +147,14 @@ _WRITES = {"aten::copy_": 1, "aten::index_put_": 2, "aten::_index_put_impl_": 2}
 
 
 class _FromHostData(TorchFunctionMode):
-    """Flags ``torch.tensor(values, device=...)`` and ``torch.as_tensor`` onto a device.
+    """Flags ``torch.tensor(values, device=...)``, ``torch.as_tensor`` and ``x[[i, j]]`` onto a device.
 
     PyTorch makes such a tensor on the host and copies it below any dispatch mode (on the
     ``meta`` device it copies nothing), so :class:`SyncScan` cannot see the copy; on CUDA it is
-    a copy from pageable memory that waits for the stream, and a capture fails on it.
+    a copy from pageable memory that waits for the stream, and a capture fails on it. Indexing a
+    device tensor with a Python list makes the index tensor the same way (on ``meta`` directly
+    there). A torch function mode is not active in a backward pass: there only the dispatch
+    level's checks apply.
     """
 
     def __init__(self, found):
@@ -165,7 +168,15 @@ class _FromHostData(TorchFunctionMode):
             source = args[0] if args else kwargs.get("data")
             if device.type != "cpu" and not (torch.is_tensor(source) and source.device == device):
                 self.found.append(f"torch.{func.__name__} (host data copied to {device.type})")
+        elif (func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__) and len(args) > 1
+              and torch.is_tensor(args[0]) and args[0].device.type != "cpu" and _has_list(args[1])):
+            self.found.append(f"Tensor.{func.__name__} (a Python list as index: host data copied to "
+                              f"{args[0].device.type})")
         return func(*args, **kwargs)
+
+
+def _has_list(index):
+    return isinstance(index, list) or (isinstance(index, tuple) and any(isinstance(i, list) for i in index))
 
 
 def _storage(t):

@@ -168,7 +168,8 @@ def test_gpu_check_runs_every_step_and_skips_an_evaluation_whose_training_failed
 
     monkeypatch.setattr(gpu_check, "_run", fake_run)
     assert gpu_check.main(["--out", str(tmp_path), "--skip", "graphs", "speed"]) == 1
-    assert ran == ["CUDA against the CPU", "3D memory, every model", "2D demo, training", "3D demo, training",
+    assert ran == ["CUDA against the CPU", "3D memory, every model", "2D demo, training",
+                   "2D demo, CUDA graphs, training", "2D demo, CUDA graphs, evaluation", "3D demo, training",
                    "3D demo, evaluation"]
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
     assert summary[3] == {"step": "2D demo, evaluation", "status": "skipped (its training failed)"}

@@ -73,6 +73,13 @@ def test_scan_flags_a_python_number_assigned_into_a_device_tensor(write, expecte
     assert f"{expected} (a Python number assigned into a meta tensor)" in scan.found, scan.found
 
 
+@pytest.mark.parametrize("index", [[0, 2], (slice(None), [1, 0])])
+def test_scan_flags_a_python_list_as_a_device_index(index):
+    with SyncScan() as scan:
+        torch.zeros(4, 3, device="meta")[index]
+    assert any("a Python list as index" in f for f in scan.found), scan.found
+
+
 def test_scan_passes_numbers_a_kernel_takes_as_arguments():
     with SyncScan() as scan:
         t = torch.zeros(4, device="meta")
