@@ -54,6 +54,7 @@ from benchmarks.common import (  # noqa: E402
     set_threads,
     shape_text,
     short_reason,
+    unmeasured_text,
     write_outputs,
 )
 
@@ -232,10 +233,9 @@ def bench(entries, sizes, devices, threads=None, timeout=900.0, mem_limit_bytes=
 
 
 def _cell_text(c):
-    if c is None:
-        return ""
-    if c["status"] != "ok":
-        return f"{c['status']} ({c['reason']})" if c.get("reason") else c["status"]
+    text = unmeasured_text(c)
+    if text is not None:
+        return text
     step = f" (+{c['step_bytes'] / MIB:,.0f})" if c.get("step_bytes") is not None else ""
     return f"{c['peak_bytes'] / MIB:,.0f}{step}"
 

@@ -282,6 +282,15 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
+def unmeasured_text(cell):
+    """A table's text for a cell that was not measured (``""`` for no cell), or None for a measured one."""
+    if cell is None:
+        return ""
+    if cell["status"] != "ok":
+        return f"{cell['status']} ({cell['reason']})" if cell.get("reason") else cell["status"]
+    return None
+
+
 def time_call(fn, device, repeats, max_seconds=None):
     """Median wall time of ``fn()`` over ``repeats`` calls after one warm-up call, synchronised.
 

@@ -2,7 +2,7 @@
 
 import math
 
-from benchmarks.common import fmt_seconds, machine_line, markdown_table, shape_text
+from benchmarks.common import fmt_seconds, machine_line, markdown_table, shape_text, unmeasured_text
 
 MODES = ("inference", "training")
 
@@ -40,10 +40,9 @@ def scaling_exponents(cells):
 
 
 def _cell_text(c):
-    if c is None:
-        return ""
-    if c["status"] != "ok":
-        return f"{c['status']} ({c.get('reason', '')})" if c.get("reason") else c["status"]
+    text = unmeasured_text(c)
+    if text is not None:
+        return text
     approx = "≈" if c["approx"] else ""
     ratio = f" · {c['ratio_to_vxm2']:.2f}×" if c.get("ratio_to_vxm2") else ""
     if c["mode"] == "inference":
