@@ -16,10 +16,10 @@ reported and the next one runs. The first run took about 10 minutes on an NVIDIA
 the experiments of the demos in ``--out/experiments`` so that nothing of the user's is touched.
 Where a session's device time is short (15 minutes in all, the machine's start included, in
 2026-11), run ``--skip speed`` (about 9 minutes: tests 2.5, graphs 1.5, memory 2, demos 3); the
-speed of every model was measured on 2026-11-29 and the graphs' speed on 2026-11-30. The graphs step also times FNOReg small, its shipped config and vxm2 eagerly
+speed of every model was measured on 2026-11-29 and the graphs' speed on 2026-11-30. The
+graphs step also times FNOReg small, its shipped config and vxm2 eagerly
 (``--out/speed2d_eager``), so that it measures the graphs' gain by itself. The figures go where
-each benchmark writes them (``--out/speed2d_graphs``,
-``--out/memory``, ``--out/speed2d``, ``--out/speed3d``); ``benchmarks/results/cuda/`` holds the
+each benchmark writes them (``--out/speed2d_graphs``, ``--out/memory``, ``--out/speed2d``, ``--out/speed3d``); ``benchmarks/results/cuda/`` holds the
 ones of the first run.
 
 Without CUDA it stops at once with exit status 2.
