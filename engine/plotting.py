@@ -247,7 +247,11 @@ def plot_history(history, out_dir, initial_dice=None):
     if initial_dice is not None:
         ax[0].axhline(initial_dice, color="gray", ls="--", label=f"before registration ({initial_dice:.3f})")
     ax[0].set(xlabel="epoch", ylabel="mean Dice", title="Validation Dice")
-    ax[0].legend(loc="lower right", fontsize=8)
+    if ax[0].get_legend_handles_labels()[0]:
+        ax[0].legend(loc="lower right", fontsize=8)
+    else:  # say why the panel is empty rather than draw an empty legend
+        ax[0].text(0.5, 0.5, "no labelled validation pairs:\nno Dice", ha="center", va="center",
+                   transform=ax[0].transAxes, color="gray")
     ax[0].grid(alpha=0.3)
     if val_epochs:
         ax[1].plot(val_epochs, history["val_folding"], "o-", color="#d62728", ms=3)
