@@ -93,7 +93,7 @@ class SyncScan(TorchDispatchMode):
         self.found = []
         self.external = []
         self._known = set()  # storages made by the call or already listed as external
-        self._numbers = {}  # storage -> tensor: Python numbers made tensors on a device (kept alive)
+        self._numbers = {}  # storage -> tensor: Python numbers made tensors on meta (kept alive)
         self._from_host = _FromHostData(self.found)
 
     def __enter__(self):
@@ -120,7 +120,7 @@ class SyncScan(TorchDispatchMode):
                 self.external.append(t)
         out = func(*args, **kwargs)
         self._known.update(_storage(t) for t in _tensors(out) if t.device.type != "meta")
-        if name == "aten::scalar_tensor" and out.device.type != "cpu":
+        if name == "aten::scalar_tensor" and out.device.type == "meta":  # see _WRITES
             self._numbers[out.untyped_storage()._cdata] = out
         if name in SYNC_OPS or overload in SYNC_OPS:
             self.found.append(name)
@@ -134,7 +134,6 @@ class SyncScan(TorchDispatchMode):
                 self.found.append(f"{name} ({', '.join(sorted(str(d) for d in devices))})")
         return out
 
-
     def _is_number(self, t):
         return torch.is_tensor(t) and t.untyped_storage()._cdata in self._numbers
 
@@ -142,7 +141,8 @@ class SyncScan(TorchDispatchMode):
 # ``x[i] = number`` lowers to these writes (argument index of the value). On CUDA PyTorch makes the
 # number a host tensor: a copy from the host (one element) or a host value frozen into a fill, both
 # flagged as crossing devices. On the ``meta`` device it makes the number a ``scalar_tensor`` there,
-# written by these ops; :class:`SyncScan` flags that, so CPU tests see what a GPU would do.
+# written by these ops; :class:`SyncScan` flags that, so CPU tests see what a GPU would do (on CUDA
+# itself a device ``scalar_tensor`` copied in would be a device-to-device copy, and is not flagged).
 _WRITES = {"aten::copy_": 1, "aten::index_put_": 2, "aten::_index_put_impl_": 2}
 
 
