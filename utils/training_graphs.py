@@ -28,6 +28,9 @@ the CPU) calls the model as it is. What keeps it honest:
   another device's stream; the capture is pinned to the inputs' device).
 - **Replays follow the parameters.** An optimizer updates the parameters in place, which the
   graphs read; moving them (``model.to``, a new storage) drops every graph.
+- **What a graph reads stays alive.** Each captured signature holds every tensor its scanned
+  passes read and did not make, the constants models keep in LRU caches included: evicted from
+  a cache and freed, one would leave a replay reading reused memory.
 - The replayed outputs live in the graph's memory: a step's flow is overwritten by the next
   step's, as in any CUDA-graph training loop. The training loop keeps no flow across steps.
 
@@ -96,8 +99,8 @@ class TrainingGraphs(PerSignature):
         return self._graphed_call((moving, fixed), self.model)
 
     @staticmethod
-    def _replay(graphed, inputs):
-        return graphed(*inputs)
+    def _replay(entry, inputs):
+        return entry.graphed(*inputs)
 
     # -- capture ------------------------------------------------------------------------------
     def _capture(self, key, inputs):
@@ -109,7 +112,7 @@ class TrainingGraphs(PerSignature):
         static = (moving.detach().clone(), fixed.detach().clone())
         try:
             with torch.random.fork_rng(devices=[moving.device] if moving.is_cuda else []):
-                reason, grad_out = self._scan(static, params)
+                reason, grad_out, keep = self._scan(static, params)
                 if reason is None:
                     graphed = self._make_graphed(_Step(model), static)
                     reason = self._check(graphed, static, params, grad_out, saved)
@@ -123,10 +126,11 @@ class TrainingGraphs(PerSignature):
             if not reason.startswith("host synchronisation"):
                 warnings.warn(f"CUDA graph of the training step not used, training eagerly: {reason}", stacklevel=4)
             return None, model(moving, fixed)
-        return graphed, None
+        return _Entry(graphed, keep), None
 
     def _scan(self, static, params):
-        """(reason or None, the output gradient the check uses), from eager passes under the scan."""
+        """(reason or None, the output gradient the check uses, the tensors the passes read and did
+        not make), from eager passes under the scan."""
         model = self.model
         out = model(*static)  # fills what is kept per shape, as the first eager step would
         gen = torch.Generator().manual_seed(0)
@@ -136,8 +140,8 @@ class TrainingGraphs(PerSignature):
             out = model(*static)
             torch.autograd.grad(out, params, grad_out, allow_unused=True)
         if scan.found:
-            return "host synchronisation: " + ", ".join(dict.fromkeys(scan.found)), grad_out
-        return None, grad_out
+            return "host synchronisation: " + ", ".join(dict.fromkeys(scan.found)), grad_out, None
+        return None, grad_out, scan.external
 
     def _check(self, graphed, static, params, grad_out, saved):
         """None when the graphed pass equals the eager one (output and gradients), else why not.
@@ -173,6 +177,20 @@ class TrainingGraphs(PerSignature):
         """
         with torch.cuda.device(static[0].device), refuse_empty_graphs():
             return torch.cuda.make_graphed_callables(step, static, num_warmup_iters=3, allow_unused_input=True)
+
+
+class _Entry:
+    """A captured signature: the graphed step, and every tensor its passes read and did not make.
+
+    The graphs read those tensors' memory: the parameters, but also constants that models keep in
+    LRU caches (the real FFT's adjoint weights, TransMorph's shift masks, the unit scale). A cache
+    that drops one would free memory a replay still reads (garbage, silently), so the entry holds
+    them as :class:`utils.cuda_graphs.GraphCache` does.
+    """
+
+    def __init__(self, graphed, keep):
+        self.graphed = graphed
+        self.keep = keep
 
 
 def first_differing_gradient(got, expected, rtol=0.05, floor=0.01):

@@ -109,6 +109,37 @@ def test_only_training_calls_with_autograd_are_graphed_and_each_shape_is_capture
     assert net.training is False and net.parameters  # the model's attributes, read through the stand-in
 
 
+@pytest.mark.parametrize("spec, module, function", [
+    (("transmorph", {"preset": "3stage", "embed_dim": 12, "depths": [2, 1, 1], "num_heads": [2, 2, 2]}, 2, (64, 64)),
+     "transmorph", "_shift_mask"),  # read by the forward graph (a second block per stage is shifted)
+    (MODELS[0], "fft", "_halved_bins"),  # read by the backward graph
+])
+def test_a_graph_keeps_alive_the_cached_constants_it_reads(monkeypatch, spec, module, function):
+    """A replay reads the memory of what models keep in LRU caches: the captured entry must hold
+    those tensors, or a cache that drops one frees memory the graph still reads."""
+    import importlib
+
+    owner = importlib.import_module(f"models.{module}")
+    cached, returned = getattr(owner, function), []
+
+    def recording(*args):
+        out = cached(*args)
+        returned.append(out)
+        return out
+
+    monkeypatch.setattr(owner, function, recording)
+    name, config, dim, shape = spec
+    torch.manual_seed(0)
+    model = build_model(name, config, dim)
+    model.train()
+    net = CpuTrainingGraphs(model)
+    net(*_pair(shape))
+    (entry,) = net.graphs.values()
+    kept = {id(t) for t in entry.keep}
+    assert returned and all(id(t) in kept for t in returned)
+    assert all(id(p) in kept for p in model.parameters() if p.requires_grad)
+
+
 def test_moving_the_parameters_drops_every_graph():
     model = build_model("voxelmorph", {"preset": "vxm2"}, 2)
     net = CpuTrainingGraphs(model)
