@@ -138,8 +138,10 @@ class Trainer(TrainingLoop):
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
         if cuda_graphs_on(args.cuda_graphs, self.device):
+            # multires: a new input shape nearly every step, and a capture costs about 20 eager steps (H200)
             why_not = ("several processes (DistributedDataParallel)" if self.dist.enabled else
-                       "activation checkpointing" if getattr(self.model, "checkpointing", False) else None)
+                       "activation checkpointing" if getattr(self.model, "checkpointing", False) else
+                       "train_config.multires (a new input shape nearly every step)" if tc["multires"] else None)
             if why_not:
                 if self.main:
                     print(f"notice: --cuda_graphs is not used with {why_not}; training eagerly", file=sys.stderr)

@@ -35,8 +35,9 @@ the CPU) calls the model as it is. What keeps it honest:
   step's, as in any CUDA-graph training loop. The training loop keeps no flow across steps.
 
 Not used with activation checkpointing (a recomputation inside the backward graph is not worth
-the risk) or under DistributedDataParallel (its gradient hooks run outside a graph); the trainer
-says so and trains eagerly. Opt-in. First run on an NVIDIA H200 on 2026-11-30: the 2D demo
+the risk), under DistributedDataParallel (its gradient hooks run outside a graph) or with
+``multires`` (a new shape nearly every step, each capture costing about 20 eager steps); the
+trainer says so and trains eagerly. Opt-in. First run on an NVIDIA H200 on 2026-11-30: the 2D demo
 trained with every one of its 600 steps replayed, 4x faster an epoch, to the eager run's Dice
 (``benchmarks/README.md``, CUDA graphs; ``benchmarks/gpu_check.py`` runs the CUDA tests).
 """
@@ -68,7 +69,8 @@ class TrainingGraphs(PerSignature):
         A registration model returning one tensor (the field).
     max_graphs : int
         Input signatures kept (each holds one step's activations); the least recently used is
-        dropped first. Multi-resolution training draws a few sizes.
+        dropped first. (The trainer does not use graphs with ``multires``, which draws a new
+        size nearly every step.)
 
     Attributes
     ----------

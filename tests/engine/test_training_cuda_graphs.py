@@ -43,3 +43,11 @@ def test_checkpointing_trains_eagerly_with_a_notice(tmp_path, exp_root, monkeypa
     config = write_config(tmp_path, train_config={"epochs": 1}, model_config={"checkpointing": True})
     assert train("--config_file", config, "--cuda_graphs") == 0
     assert "--cuda_graphs is not used with activation checkpointing" in capsys.readouterr().err
+
+
+def test_multires_trains_eagerly_with_a_notice(tmp_path, exp_root, monkeypatch, capsys):
+    """Each step draws another size: every step would capture (about 20 eager steps' work) and replay once."""
+    monkeypatch.setattr(engine.training, "cuda_graphs_on", lambda requested, device: bool(requested))
+    config = write_config(tmp_path, train_config={"epochs": 1, "multires": {"min_size": 16, "max_size": 32}})
+    assert train("--config_file", config, "--cuda_graphs") == 0
+    assert "--cuda_graphs is not used with train_config.multires" in capsys.readouterr().err
