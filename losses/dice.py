@@ -1,9 +1,8 @@
 """Soft Dice loss on one-hot label maps (the semi-supervised term, weight ``seg_param``)."""
 
-import functools
-
 import torch
 
+from utils.device import device_constant
 from utils.errors import ShapeError
 from utils.fields import check_same_spatial, check_spatial
 
@@ -31,12 +30,10 @@ def one_hot(labels, label_ids):
     return (labels == ids.view(shape)).float()
 
 
-@functools.lru_cache(maxsize=16)
+@device_constant(maxsize=16)
 def _kept_ids(label_ids, device, dtype):
-    """The label list as a tensor on ``device``, kept: made afresh on a GPU it would be a copy
-    from host memory that waits for the stream, in every training step with the Dice term."""
-    with torch.inference_mode(False):  # usable inside and outside inference mode
-        return torch.tensor(label_ids, dtype=dtype).to(device)
+    """The label list as a tensor on ``device``, kept (read in every training step with the Dice term)."""
+    return torch.tensor(label_ids, dtype=dtype).to(device)
 
 
 def soft_dice_loss(fixed_onehot, warped_onehot, eps=1e-5):

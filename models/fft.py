@@ -7,9 +7,9 @@ is an inverse real FFT with the doubly counted frequencies halved; :func:`rfft` 
 way (one ``irfft`` of only the kept frequencies), with results equal to PyTorch's to rounding.
 """
 
-import functools
-
 import torch
+
+from utils.device import device_constant
 
 _DUAL_NORM = {"forward": "backward", "backward": "forward", "ortho": "ortho"}
 
@@ -33,19 +33,24 @@ class _KeptRFFT(torch.autograd.Function):
         return out, None, None, None
 
 
-@functools.lru_cache(maxsize=64)
-def _halved_bins(n, width, dtype, device):
-    """(width,) weights of the adjoint: irfft counts every bin but 0 (and n/2 for even n) twice.
+def doubled_bins(width, n):
+    """The first ``width`` frequencies of a real FFT of ``n`` samples that an inverse real FFT
+    counts twice (by Hermitian symmetry): ``(first, count)`` of a run.
 
-    Kept per size, dtype and device, made on the host and moved once: built on a GPU in every
-    backward pass (``scale[0] = 1.0``), it was a copy from the host that waits for the stream and
-    that a CUDA graph cannot capture. Never write into it.
+    All but frequency 0 and, when kept at an even ``n``, the Nyquist bin n/2.
     """
-    scale = [1.0] + [0.5] * (width - 1)
-    if n % 2 == 0 and width == n // 2 + 1 and width > 1:
-        scale[-1] = 1.0
-    with torch.inference_mode(False), torch.no_grad():
-        return torch.tensor(scale, dtype=dtype).to(device)
+    last = width - 1 if n % 2 == 0 and width == n // 2 + 1 else width
+    return 1, max(last - 1, 0)
+
+
+@device_constant(maxsize=64)
+def _halved_bins(n, width, dtype, device):
+    """(width,) weights of the adjoint: 1/2 on the :func:`doubled_bins`, else 1 (kept: built in
+    every backward pass with ``scale[0] = 1.0``, it was a copy from the host on a GPU)."""
+    first, count = doubled_bins(width, n)
+    scale = torch.ones(width, dtype=dtype)
+    scale.narrow(0, first, count).fill_(0.5)
+    return scale.to(device)
 
 
 def rfft(x, dim=-1, norm="backward", width=None):

@@ -20,6 +20,8 @@ this takes about one forward pass plus one more small matrix product.
 import torch
 from torch.autograd.function import once_differentiable
 
+from .fft import doubled_bins
+
 # The adjoint of an FFT with one normalisation is the inverse FFT with the other (None: "backward").
 DUAL_NORM = {"forward": "backward", "backward": "forward", "ortho": "ortho", None: "forward"}
 
@@ -250,17 +252,6 @@ def add_at_zero_frequency(y, offset, lead, sizes, norm):
     return y
 
 
-def _doubled(width, n):
-    """The kept last-axis frequencies the inverse real FFT counts twice: (first, count) of a run.
-
-    All but frequency 0 and, when kept at an even ``n``, the Nyquist bin. A range of bins, not a
-    tensor of factors: a factor tensor made on the host would be a copy to the device, which on
-    CUDA waits for the stream in every layer's backward pass.
-    """
-    last = width - 1 if n % 2 == 0 and width == n // 2 + 1 else width
-    return 1, max(last - 1, 0)
-
-
 def _contracted_modes(x, weight, width, lead, norm):
     """Forward half of a training spectral convolution: (contracted kept modes, saved operand)."""
     z = forward_modes(x, width, lead, norm)
@@ -277,7 +268,7 @@ def _spectral_adjoint(grad, operand, weight, n, width, lead, norm):
     """
     g = forward_modes(grad, width, lead, DUAL_NORM[norm])
     gz, gw = contract_real_adjoint(g, operand, weight, g.shape[2:])
-    first, count = _doubled(width, n)
+    first, count = doubled_bins(width, n)  # a range, not a factor tensor made on the host
     gw.view(width, -1, *gw.shape[1:]).narrow(0, first, count).mul_(2.0)
     return gz, gw
 

@@ -25,7 +25,6 @@ is not shifted along it (as in the Swin paper); when it is larger but not a mult
 zero-padded to whole windows (as in TransMorph's code).
 """
 
-import functools
 import itertools
 import math
 
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.device import device_constant
 from utils.errors import ConfigError
 
 from .heads import FlowOutput, init_head, int_list, positive_int
@@ -69,7 +69,7 @@ def _windows(x, window):
     return x.permute(*order).reshape(-1, math.prod(window), c)
 
 
-@functools.lru_cache(maxsize=8)
+@device_constant(maxsize=8)
 def _shift_mask(padded, window, shift, device):
     """(n_windows, N, N) additive mask that keeps shifted windows from mixing distant regions.
 
@@ -80,13 +80,12 @@ def _shift_mask(padded, window, shift, device):
     """
     slices = [((slice(0, -w), slice(-w, -s), slice(-s, None)) if s else (slice(None),))
               for w, s in zip(window, shift)]
-    with torch.inference_mode(False), torch.no_grad():  # usable inside and outside inference mode
-        regions = torch.zeros((1, *padded, 1))
-        for label, index in enumerate(itertools.product(*slices)):
-            regions[(slice(None), *index, slice(None))] = label
-        regions = _windows(regions, window).squeeze(-1)
-        diff = regions[:, None, :] - regions[:, :, None]
-        return torch.zeros_like(diff).masked_fill(diff != 0, -100.0).to(device)
+    regions = torch.zeros((1, *padded, 1))
+    for label, index in enumerate(itertools.product(*slices)):
+        regions[(slice(None), *index, slice(None))] = label
+    regions = _windows(regions, window).squeeze(-1)
+    diff = regions[:, None, :] - regions[:, :, None]
+    return torch.zeros_like(diff).masked_fill(diff != 0, -100.0).to(device)
 
 
 def _unwindows(windows, window, spatial, batch):

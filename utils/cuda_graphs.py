@@ -415,6 +415,5 @@ class GraphCache(PerSignature):
         return graph, outputs
 
 
-
 __all__ = ["GraphCache", "PerSignature", "SyncScan", "close_enough", "host_syncs", "probe_values",
            "refuse_empty_graphs", "SYNC_OPS"]

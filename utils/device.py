@@ -1,5 +1,6 @@
-"""Device selection for ``--gpu_num``."""
+"""Device selection for ``--gpu_num``, and constants kept per device."""
 
+import functools
 import sys
 
 import torch
@@ -42,3 +43,24 @@ def cuda_graphs_on(requested, device):
         print("notice: --cuda_graphs has no effect on the CPU", file=sys.stderr)
         return False
     return bool(requested)
+
+
+def device_constant(maxsize):
+    """Decorator: keep a function's tensor per arguments (an LRU cache), made with inference mode
+    and autograd off.
+
+    For the small constants that models and losses make from host values (a unit scale, a label
+    list, weights of frequency bins, an attention mask): made afresh on a GPU in every call, a
+    tensor from host data is a copy from pageable memory that waits for the stream, and a CUDA
+    graph cannot capture it; made once per shape, dtype and device (the function's arguments), it
+    is neither. Made outside inference mode, it is usable in training and evaluation alike. Callers
+    must never write into the tensor it returns.
+    """
+    def decorate(fn):
+        @functools.lru_cache(maxsize=maxsize)
+        @functools.wraps(fn)
+        def kept(*args):
+            with torch.inference_mode(False), torch.no_grad():
+                return fn(*args)
+        return kept
+    return decorate

@@ -12,10 +12,9 @@ Derivatives: :func:`central_difference` and :func:`jacobian_determinant` of the 
 ``x + u(x)`` in pixel units, used by the metrics (folding, SDlogJ) and the folding penalty.
 """
 
-import functools
-
 import torch
 
+from utils.device import device_constant
 from utils.errors import ShapeError
 
 
@@ -77,10 +76,9 @@ def _axis_scale(shape, device, dtype):
     return _kept_axis_scale(tuple(int(n) for n in shape), torch.device(device), dtype)
 
 
-@functools.lru_cache(maxsize=32)
+@device_constant(maxsize=32)
 def _kept_axis_scale(shape, device, dtype):
-    with torch.inference_mode(False), torch.no_grad():  # usable inside and outside inference mode
-        scale = torch.tensor([(n - 1) / 2.0 for n in shape], dtype=dtype).to(device)
+    scale = torch.tensor([(n - 1) / 2.0 for n in shape], dtype=dtype).to(device)
     return scale.view(1, len(shape), *([1] * len(shape)))
 
 

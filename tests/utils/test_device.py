@@ -22,3 +22,22 @@ def test_a_gpu_becomes_the_current_device(monkeypatch):
 def test_the_cpu_is_said(capsys):
     assert select_device(-1) == torch.device("cpu")
     assert "running on the CPU" in capsys.readouterr().err
+
+
+def test_device_constant_is_kept_per_arguments_and_usable_in_training():
+    from utils.device import device_constant
+
+    made = []
+
+    @device_constant(maxsize=4)
+    def ramp(n, device):
+        made.append(n)
+        return torch.arange(n, dtype=torch.float32).to(device)
+
+    with torch.inference_mode():  # first made during an evaluation...
+        first = ramp(3, torch.device("cpu"))
+    assert ramp(3, torch.device("cpu")) is first and made == [3]
+    assert not first.is_inference() and not first.requires_grad
+    w = torch.ones(3, requires_grad=True)
+    (w * first).sum().backward()  # ...then read in a training step
+    assert torch.equal(w.grad, first)
