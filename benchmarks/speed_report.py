@@ -45,10 +45,10 @@ def _cell_text(c):
         return text
     approx = "≈" if c["approx"] else ""
     ratio = f" · {c['ratio_to_vxm2']:.2f}×" if c.get("ratio_to_vxm2") else ""
+    eager = " (eager)" if c.get("graph_eager") else ""  # a graph asked for and not used, either mode
     if c["mode"] == "inference":
-        eager = " (eager)" if c.get("graph_eager") else ""
         return f"{approx}{fmt_seconds(c['seconds_per_pair'])}{ratio}{eager}"
-    return f"{approx}{c['pairs_per_s']:.3g} pairs/s (b{c['batch']}){ratio}"
+    return f"{approx}{c['pairs_per_s']:.3g} pairs/s (b{c['batch']}){ratio}{eager}"
 
 
 def markdown(result):

@@ -61,6 +61,14 @@ def test_speed_cuda_graphs_flag_leaves_the_cpu_eager():
     assert "(eager)" not in speed_report._cell_text(cells[0])
 
 
+@pytest.mark.parametrize("mode", ["inference", "training"])
+def test_speed_table_marks_a_cell_whose_graph_was_not_used(mode):
+    cell = {"status": "ok", "approx": False, "mode": mode, "seconds_per_pair": 0.01, "pairs_per_s": 100.0,
+            "batch": 8, "graph_eager": "host synchronisation: aten::copy_ (cpu, cuda:0)"}
+    assert speed_report._cell_text(cell).endswith("(eager)")
+    assert not speed_report._cell_text(dict(cell, graph_eager=None)).endswith("(eager)")
+
+
 def test_speed_cells_start_from_the_built_weights(monkeypatch):
     """A training cell's steps must not carry into the next cell (they made FNOReg fold, and the
     next inference cell timed the fold repair)."""
