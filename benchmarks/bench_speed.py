@@ -65,6 +65,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from benchmarks.speed_report import MODES, add_ratios, markdown, plot, scaling_exponents  # noqa: E402
 from utils.cli import add_cuda_graphs_argument  # noqa: E402
+from utils.precision import MIXED_PRECISIONS  # noqa: E402
 
 DEFAULT_SIZES = tuple(NAMED_SIZES)
 MEMORY_HEADROOM = 0.7  # a CPU training cell may use at most this share of the available memory
@@ -130,8 +131,11 @@ def inference_fn(model, shape, device, cuda_graphs=False):
     return call
 
 
-def training_fn(model, entry, dim, shape, device, cuda_graphs=False):
+def training_fn(model, entry, dim, shape, device, cuda_graphs=False, mixed_precision=False):
     """One full training step at the entry's batch size; returns (step function, batch, hooks).
+
+    ``mixed_precision`` ("bfloat16"): the forward pass under autocast, as the trainer runs
+    ``train_config.mixed_precision`` (:mod:`utils.precision`).
 
     With ``cuda_graphs`` on CUDA the model's forward and backward pass replay from CUDA graphs, as
     ``train_<d>d.py --cuda_graphs`` runs them (:mod:`utils.training_graphs`; captured in the
@@ -140,6 +144,7 @@ def training_fn(model, entry, dim, shape, device, cuda_graphs=False):
     from engine.train_config import build_optimizer
     from losses import RegistrationLoss, one_hot
     from models import warp
+    from utils.precision import autocast
     from utils.training_graphs import TrainingGraphs
 
     batch = entry.batch_size(dim)
@@ -160,7 +165,9 @@ def training_fn(model, entry, dim, shape, device, cuda_graphs=False):
         optimizer.zero_grad(set_to_none=True)
         ctx = torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t) if state["hooks"] else contextlib.nullcontext()
         with ctx:
-            flow = net(moving, fixed)
+            with autocast(device, mixed_precision):
+                flow = net(moving, fixed)
+            flow = flow.float()
             warped = warp(moving, flow)
             onehots = (None, None)
             if labels is not None:
@@ -189,11 +196,14 @@ def _is_oom(exc):
         or "out of memory" in str(exc).lower()
 
 
-def bench(entries, sizes, devices, repeats, max_seconds, modes=MODES, progress=True, cuda_graphs=False):
+def bench(entries, sizes, devices, repeats, max_seconds, modes=MODES, progress=True, cuda_graphs=False,
+          mixed_precision=False):
     """Measure every (device, entry, size, mode) cell; returns the list of cell dicts.
 
     ``cuda_graphs``: on CUDA, inference replayed from CUDA graphs (:mod:`models.graphed`) and the
     training step's forward and backward pass too (:mod:`utils.training_graphs`).
+    ``mixed_precision``: training steps under autocast (:mod:`utils.precision`); inference stays
+    float32, as evaluation runs it.
     """
     cells = []
     for device in devices:
@@ -221,7 +231,7 @@ def bench(entries, sizes, devices, repeats, max_seconds, modes=MODES, progress=T
                                 "config_file": entry.config_file}
                         model.load_state_dict(initial)  # in place: a captured graph stays valid
                         cell.update(_measure(entry, model, dim, shape, device, mode, repeats, max_seconds,
-                                             previous.get(mode), cuda_graphs))
+                                             previous.get(mode), cuda_graphs, mixed_precision))
                         if cell["status"] == "ok":
                             previous[mode] = (pixels, cell["seconds_per_call"], cell.get("saved_bytes"))
                         cells.append(cell)
@@ -236,7 +246,8 @@ def bench(entries, sizes, devices, repeats, max_seconds, modes=MODES, progress=T
     return cells
 
 
-def _measure(entry, model, dim, shape, device, mode, repeats, max_seconds, previous, cuda_graphs=False):
+def _measure(entry, model, dim, shape, device, mode, repeats, max_seconds, previous, cuda_graphs=False,
+             mixed_precision=False):
     reason = cannot_run(model, shape)
     if reason:
         return {"status": "skipped", "reason": short_reason(reason)}
@@ -259,7 +270,7 @@ def _measure(entry, model, dim, shape, device, mode, repeats, max_seconds, previ
             batch, saved = 1, None
         else:
             model.train()
-            fn, batch, saved = training_fn(model, entry, dim, shape, device, cuda_graphs)
+            fn, batch, saved = training_fn(model, entry, dim, shape, device, cuda_graphs, mixed_precision)
         graphed = fn.graphed
         capture_s = None
         if graphed is not None and device.type == "cuda":
@@ -301,6 +312,8 @@ def parser():
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="output folder")
     p.add_argument("--no_plot", action="store_true")
     add_cuda_graphs_argument(p)  # as evaluate_<d>d.py and train_<d>d.py --cuda_graphs run it
+    p.add_argument("--mixed_precision", choices=sorted(MIXED_PRECISIONS),
+                   help="training cells under autocast, as train_config.mixed_precision (inference stays float32)")
     return p
 
 
@@ -314,13 +327,15 @@ def main(argv=None):
     info["device"] = ", ".join(map(str, devices))  # every device the run measured
     if any(d.type == "cpu" for d in devices):
         info["cpu_device_measured"] = True
-    cells = bench(entries, sizes, devices, args.repeats, args.max_seconds, args.modes, cuda_graphs=args.cuda_graphs)
+    cells = bench(entries, sizes, devices, args.repeats, args.max_seconds, args.modes, cuda_graphs=args.cuda_graphs,
+                  mixed_precision=args.mixed_precision)
     finish_machine_info(info)
     result = {"benchmark": "speed", "machine": info,
               "command": command_line("bench_speed.py", argv),
               "settings": {"repeats": args.repeats, "max_seconds": args.max_seconds, "threads": torch.get_num_threads(),
                            "sizes": {n: list(s) for n, s in sizes}, "devices": [str(d) for d in devices],
-                           "reference": "voxelmorph/vxm2", "cuda_graphs": args.cuda_graphs},
+                           "reference": "voxelmorph/vxm2", "cuda_graphs": args.cuda_graphs,
+                           "mixed_precision": args.mixed_precision or False},
               "cells": cells, "scaling_exponents": scaling_exponents(cells)}
     out = Path(args.out)
     json_path, md_path = write_outputs(out, "speed", result, markdown(result))

@@ -65,6 +65,11 @@ def markdown(result):
                      "CUDA graphs (`--cuda_graphs`: models/graphed.py, utils/training_graphs.py); (eager): a "
                      "model whose call could not be captured ran eagerly (the reason is in `speed.json`, "
                      "`graph_eager`). Each capture is timed apart from the cell (`capture_s`).")
+    if result["settings"].get("mixed_precision"):
+        lines.append("")
+        lines.append(f"Training steps in mixed precision (`--mixed_precision {result['settings']['mixed_precision']}`, "
+                     "as `train_config.mixed_precision`: the network under autocast, FFTs, spectral layers, "
+                     "warp and loss in float32; utils/precision.py); inference in float32.")
     cells = result["cells"]
     sizes = list(dict.fromkeys(c["size"] for c in cells))
     for device in dict.fromkeys(c["device"] for c in cells):

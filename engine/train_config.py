@@ -11,6 +11,7 @@ import torch
 
 from engine.multires import validate_multires
 from utils.errors import ConfigError
+from utils.precision import check_mixed_precision
 from utils.schema import validate_section
 
 # key: (allowed types, default). ``None`` in the types admits JSON null.
@@ -33,6 +34,7 @@ TRAIN_SCHEMA = {
     "grad_clip": ((int, float, None), None),
     "val_batch_size": ((int, None), None),  # null: batch_size
     "multires": ((dict, None), None),  # {"min_size": a, "max_size": b}: engine.multires
+    "mixed_precision": ((bool, str, None), False),  # "bfloat16": utils.precision
 }
 SCHEDULE_SCHEMA = {
     "step": {"step_size": (int, None), "gamma": ((int, float), 0.1)},
@@ -79,6 +81,7 @@ def validate_train_config(given):
     if cfg["grad_clip"] is not None and cfg["grad_clip"] <= 0:
         raise ConfigError(f"train_config.grad_clip must be positive or null (no clipping), got {cfg['grad_clip']}")
     cfg["multires"] = validate_multires(cfg["multires"])
+    check_mixed_precision(cfg["mixed_precision"])
     if cfg["multires"] is not None and cfg["size"] is not None and cfg["size"] != cfg["multires"]["max_size"]:
         raise ConfigError(f"train_config.size ({cfg['size']}) and multires.max_size ({cfg['multires']['max_size']}) "
                           "disagree; with multires the split is held at max_size: set size to null or to max_size")

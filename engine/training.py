@@ -36,6 +36,7 @@ from engine.train_loop import TrainingLoop
 from losses import RegistrationLoss
 from models import build_model, count_parameters
 from utils.device import cuda_graphs_on, select_device
+from utils.precision import check_device_supports
 from utils.distributed import broadcast_object, gather_object, init_distributed
 from utils.errors import ConfigError, UserError
 from utils.fileio import read_json, write_json
@@ -119,6 +120,7 @@ class Trainer(TrainingLoop):
                               "set seg_param to 0 or use a label scheme the data has")
         self.label_ids = splits["train"].label_ids
 
+        check_device_supports(tc["mixed_precision"], self.device)
         torch.manual_seed(tc["seed"])
         self.model = build_model(self.config["model_name"], self.config["model_config"], dim).to(self.device)
         self.n_params = count_parameters(self.model)

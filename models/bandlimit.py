@@ -25,6 +25,7 @@ Why a truncation of cosine (DCT-II) coefficients rather than of Fourier ones, or
 import torch
 
 from utils.fields import check_spatial
+from utils.precision import in_float32
 
 
 def band_limit_axis(x, axis, band):
@@ -56,6 +57,7 @@ def band_limit_axis(x, axis, band):
     return torch.fft.irfft(spectrum, n=2 * n, dim=axis).narrow(axis, 0, n)
 
 
+@in_float32
 def band_limit(field, band_shape):
     """Low-pass a (B, C, *spatial) field to the cosine band of a ``band_shape`` grid.
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.errors import ConfigError
+from utils.precision import in_float32
 
 from .batchnorm import FOLD_CACHE, batch_norm_relu
 from .fft import rfft
@@ -127,6 +128,7 @@ class FourierUnit(nn.Module):
         self.conv = conv(dim, 2 * channels, 2 * channels, 1, bias=True)
         self.bn = batch_norm(dim, 2 * channels)
 
+    @in_float32  # no bfloat16 FFTs
     def forward(self, x):
         sizes = [x.shape[a] for a in self.axes]
         n = len(self.axes)

@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from utils.errors import ConfigError
 from utils.fields import check_image_pair
+from utils.precision import in_float32
 
 from .bandlimit import band_limit as _band_limit
 from .batchnorm import frozen_statistics
@@ -65,6 +66,7 @@ class FourierLayer(nn.Module):
         self.pointwise = conv(dim, channels, channels, 1, bias=True)
         self.residual = residual
 
+    @in_float32  # FFTs and complex weights: float32 under mixed precision
     def forward(self, x):
         if torch.is_grad_enabled():
             if self.spectral.bias is not None:  # not FNOReg's: the layers one by one
@@ -285,6 +287,7 @@ class FNOReg(nn.Module):
             x = self._block(layer, x)
         return self._project(self._block(self.decoder, x))
 
+    @in_float32
     def field(self, raw):
         """The displacement from :meth:`network`'s output: band limit, integration, fold repair.
 

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from utils.errors import ConfigError
+from utils.precision import in_float32
 
 from .heads import FlowOutput, init_head, positive_int
 from .nd import check_dim, conv, conv_transpose
@@ -54,6 +55,7 @@ class _UpPReLU(nn.Sequential):
         super().__init__(conv_transpose(dim, channels, channels), nn.PReLU())
 
 
+@in_float32
 def band_limited_upsample(patch, shape):
     """Zero-pad the spectrum of ``patch`` (B, C, *m) to spatial ``shape`` and return the real field.
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from utils.errors import ConfigError
 from utils.fields import to_normalised_units
+from utils.precision import in_float32
 
 from .integrate import ScalingSquaring
 
@@ -75,6 +76,7 @@ class FlowOutput(nn.Module):
             raise ConfigError(f"integration_steps must be a non-negative integer, got {integration_steps!r}")
         self.integrate = ScalingSquaring(integration_steps, padding=padding) if integration_steps else None
 
+    @in_float32  # the field and its integration in float32 under mixed precision
     def forward(self, flow):
         if self.flow_units == "pixels":
             flow = to_normalised_units(flow)

@@ -26,6 +26,7 @@ from torch import nn
 
 from utils.errors import ConfigError
 from utils.fields import check_field
+from utils.precision import in_float32
 
 from .warp import warp
 
@@ -88,6 +89,7 @@ class ScalingSquaring(nn.Module):
         self.steps = steps
         self.padding = padding
 
+    @in_float32
     def forward(self, velocity):
         check_field(velocity, "velocity field")
         flow = velocity / (2 ** self.steps)

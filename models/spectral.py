@@ -41,6 +41,8 @@ import torch
 from neuralop.layers.spectral_convolution import SpectralConv as _SpectralConv
 from tltorch.factorized_tensors import TuckerTensor
 
+from utils.precision import in_float32
+
 from .batchnorm import fold_caches
 from .spectral_ops import (SpectralFunction, add_at_zero_frequency, complex_weight, contract_complex, contract_real,
                            forward_modes, inverse_modes, tucker_weight)
@@ -150,6 +152,7 @@ class SpectralConv(_SpectralConv):
         slices.append(slice(0, width))
         return tuple(slices), width, tuple(lead)
 
+    @in_float32  # no bfloat16 FFTs or complex weights
     def forward(self, x, output_shape=None, offset=None):
         """Spectral convolution of ``x`` (B, C_in, *spatial) -> (B, C_out, *spatial), real.
 

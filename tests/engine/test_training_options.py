@@ -56,3 +56,40 @@ def test_bad_jac_param(tmp_path, exp_root, capsys, value):
     with pytest.raises(SystemExit) as exc:
         train("--config_file", config)
     assert exc.value.code == 2 and "jac_param" in capsys.readouterr().err
+
+
+def test_mixed_precision_trains_the_network_under_autocast_and_the_loss_in_float32(tmp_path, exp_root, monkeypatch):
+    seen = []
+    original = TrainingLoop._objective
+
+    def spy(self, loss_fn, batch, flow, warped):
+        seen.append((torch.is_autocast_enabled("cpu"), flow.dtype, warped.dtype))
+        return original(self, loss_fn, batch, flow, warped)
+
+    monkeypatch.setattr(TrainingLoop, "_objective", spy)
+    convs = []  # (autocast on, output dtype) of every convolution run while training
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, out: convs.append((torch.is_autocast_enabled("cpu"), out.dtype))
+        if isinstance(module, torch.nn.modules.conv._ConvNd) and module.training else None)
+    config = write_config(tmp_path, train_config={"mixed_precision": "bfloat16", "epochs": 2})
+    try:
+        assert train("--config_file", config) == 0
+    finally:
+        hook.remove()
+    assert (True, torch.bfloat16) in convs  # the network's own layers ran in bfloat16
+    folder = exp_root / "2d" / "exp1"
+    history = json.loads((folder / "history.json").read_text())
+    assert all(torch.isfinite(torch.tensor(history["train_loss"])))
+    assert seen and all(entry == (False, torch.float32, torch.float32) for entry in seen)
+    # Weights (and so the optimizer's state) stay float32.
+    assert all(t.dtype == torch.float32 for t in weights(folder).values() if t.is_floating_point())
+    stored = json.loads((folder / "config.json").read_text())
+    assert stored["train_config"]["mixed_precision"] == "bfloat16"
+
+
+@pytest.mark.parametrize("value", ["float16", True, "fp32"])
+def test_bad_mixed_precision_is_a_one_line_error(tmp_path, exp_root, capsys, value):
+    config = write_config(tmp_path, train_config={"mixed_precision": value})
+    with pytest.raises(SystemExit) as exc:
+        train("--config_file", config)
+    assert exc.value.code == 2 and "train_config.mixed_precision" in capsys.readouterr().err
