@@ -1,6 +1,6 @@
 """One short GPU session: the CUDA tests, CUDA graphs, the demos on the GPU, memory and speed.
 
-    python benchmarks/gpu_check.py [--gpu_num 0] [--out gpu_check] [--skip tests graphs memory demos speed]
+    python benchmarks/gpu_check.py [--gpu_num 0] [--out gpu_check] [--skip tests graphs memory demos precision speed]
 
 What a session with a GPU should run first, in the order of what it is worth: the CUDA-against-
 CPU tests (``tests/models/test_cuda.py``, CUDA graphs of inference and training included); 2D
@@ -8,7 +8,9 @@ inference and training of every model replayed from CUDA graphs (``bench_speed.p
 first run on 2026-11-30); the 3D
 memory of every model at half and full size with FNOReg's published config checkpointed and not
 (``bench_memory.py --jobs 6``); the 2D and 3D demos trained and evaluated on the GPU (the 2D
-one also with ``--cuda_graphs``, as experiment 2); and the
+one also with ``--cuda_graphs``, as experiment 2); the training speed of FNOReg small, FNOReg 3D and
+vxm2 at full size in mixed precision (``bench_speed.py --mixed_precision bfloat16``, never run on a
+GPU yet) and in float32 beside it (about 2 minutes); and the
 speed of every model at the four sizes (``bench_speed.py``). Each step runs as a subprocess with
 its own time limit and writes its log into ``--out``; a step that fails or runs out of time is
 reported and the next one runs. The first run took about 10 minutes on an NVIDIA H200 (tests
@@ -34,7 +36,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = ("tests", "graphs", "memory", "demos", "speed")
+STEPS = ("tests", "graphs", "memory", "demos", "precision", "speed")
 
 
 def plan(gpu, out):
@@ -71,6 +73,11 @@ def plan(gpu, out):
                                                          "--size", "80", "160", "--cuda_graphs"], 120),
                    ("3D demo, training", ["train_3d.py", "--config_file", "demo_3d", "--gpu_num", g], 180),
                    ("3D demo, evaluation", ["evaluate_3d.py", "--exp_num", "1", "--gpu_num", g], 120)]),
+        ("precision", [(f"Training in {label}: FNOReg small, FNOReg 3D, vxm2, full size",
+                        ["benchmarks/bench_speed.py", "--gpu_num", g, "--sizes", "2d_full", "3d_full", "--models",
+                         "fnoreg/small", "fnoreg/3d", "voxelmorph/vxm2", "--modes", "training", "--repeats", "10",
+                         "--max_seconds", "6", "--no_plot", *flags, "--out", str(out / f"training_{label}")], 120)
+                       for label, flags in (("bfloat16", ["--mixed_precision", "bfloat16"]), ("float32", []))]),
         ("speed", [("2D speed, every model", ["benchmarks/bench_speed.py", "--gpu_num", g, "--sizes", "2d_half",
                                               "2d_full", "--repeats", "20", "--max_seconds", "6",
                                               "--out", str(out / "speed2d")], 300),

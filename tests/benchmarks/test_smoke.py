@@ -61,6 +61,25 @@ def test_speed_cuda_graphs_flag_leaves_the_cpu_eager():
     assert "(eager)" not in speed_report._cell_text(cells[0])
 
 
+def test_speed_mixed_precision_times_training_under_autocast_and_says_so(monkeypatch):
+    seen = []
+    original = bench_speed.torch.nn.Module.__call__
+
+    def spy(self, *args, **kwargs):
+        if self.training and isinstance(self, bench_speed.torch.nn.Conv2d):
+            seen.append(bench_speed.torch.is_autocast_enabled("cpu"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(bench_speed.torch.nn.Module, "__call__", spy)
+    entries = common.parse_models(["voxelmorph/vxm2"], add_reference=False)
+    cells = bench_speed.bench(entries, [("16x32", (16, 32))], [bench_speed.torch.device("cpu")], 1, 5,
+                              progress=False, mixed_precision="bfloat16")
+    assert [c["status"] for c in cells] == ["ok", "ok"] and seen and all(seen)  # training cells only autocast
+    text = speed_report.markdown({"machine": common.machine_info(bench_speed.torch.device("cpu")), "command": "c",
+                                  "settings": {"mixed_precision": "bfloat16"}, "cells": cells})
+    assert "mixed precision" in text
+
+
 @pytest.mark.parametrize("mode", ["inference", "training"])
 def test_speed_table_marks_a_cell_whose_graph_was_not_used(mode):
     cell = {"status": "ok", "approx": False, "mode": mode, "seconds_per_pair": 0.01, "pairs_per_s": 100.0,
@@ -175,7 +194,7 @@ def test_gpu_check_runs_every_step_and_skips_an_evaluation_whose_training_failed
         return {"step": label, "status": "failed (exit 1)" if label == "2D demo, training" else "ok"}
 
     monkeypatch.setattr(gpu_check, "_run", fake_run)
-    assert gpu_check.main(["--out", str(tmp_path), "--skip", "graphs", "speed"]) == 1
+    assert gpu_check.main(["--out", str(tmp_path), "--skip", "graphs", "precision", "speed"]) == 1
     assert ran == ["CUDA against the CPU", "3D memory, every model", "2D demo, training",
                    "2D demo, CUDA graphs, training", "2D demo, CUDA graphs, evaluation", "3D demo, training",
                    "3D demo, evaluation"]
