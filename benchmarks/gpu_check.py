@@ -46,7 +46,8 @@ def plan(gpu, out):
     g = str(gpu)
     return [
         ("tests", [("CUDA against the CPU", ["-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                             "tests/models/test_cuda.py"], 360)]),
+                                             "tests/models/test_cuda.py", "tests/models/test_mixed_precision.py"],
+                    360)]),
         ("graphs", [("2D inference and training replayed from CUDA graphs, every model",
                      ["benchmarks/bench_speed.py", "--gpu_num", g, "--sizes", "2d_half", "2d_full",
                       "--cuda_graphs", "--repeats", "20", "--max_seconds", "6", "--no_plot",
