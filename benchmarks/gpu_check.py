@@ -17,7 +17,7 @@ reported and the next one runs. The first run took about 10 minutes on an NVIDIA
 2.5, memory 2, demos 2, speed 2 minutes; the graphs step, run later, took about 1.5 minutes), with
 the experiments of the demos in ``--out/experiments`` so that nothing of the user's is touched.
 Where a session's device time is short (15 minutes in all, the machine's start included, in
-2026-11), run ``--skip speed`` (about 9 minutes: tests 2.5, graphs 1.5, memory 2, demos 3); the
+2026-11), run ``--skip speed`` (about 11 minutes: tests 2.5, graphs 1.5, memory 2, demos 3, precision 2); the
 speed of every model was measured on 2026-11-29 and the graphs' speed on 2026-11-30. The
 graphs step also times FNOReg small, its shipped config and vxm2 eagerly
 (``--out/speed2d_eager``), so that it measures the graphs' gain by itself. The figures go where
