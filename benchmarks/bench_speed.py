@@ -2,7 +2,8 @@
 
 Run: ``python benchmarks/bench_speed.py [--gpu_num -1 0] [--models NAME[/PRESET] ...]
 [--configs LABEL=path.json ...] [--sizes 2d_half 2d_full 3d_half 3d_full] [--repeats 5]
-[--threads N] [--max_seconds 60] [--out benchmarks/results] [--cuda_graphs]``
+[--threads N] [--max_seconds 60] [--out benchmarks/results] [--cuda_graphs]
+[--mixed_precision bfloat16]``
 
 What is measured, per model, preset and size:
 
@@ -14,7 +15,8 @@ What is measured, per model, preset and size:
   ``RegistrationLoss`` with the config's similarity and weights, backward, Adam step) at the
   batch size of the model's config in ``configs/`` (2D 8, 3D 1 where there is none; a soft Dice
   term on random label maps when the config's ``seg_param`` is > 0, as in the published 3D
-  runs). Same warm-up and median.
+  runs). Same warm-up and median. With ``--mixed_precision bfloat16`` the step's network runs
+  under autocast, as ``train_config.mixed_precision`` trains it (:mod:`utils.precision`).
 - **Ratio to VoxelMorph vxm2**: each time per pair divided by that of VoxelMorph-2 measured in
   the same run on the same device and size (> 1 is slower), so the figures survive a noisy or
   different machine. vxm2 is always measured.
@@ -144,7 +146,7 @@ def training_fn(model, entry, dim, shape, device, cuda_graphs=False, mixed_preci
     from engine.train_config import build_optimizer
     from losses import RegistrationLoss, one_hot
     from models import warp
-    from utils.precision import autocast
+    from utils.precision import network_field
     from utils.training_graphs import TrainingGraphs
 
     batch = entry.batch_size(dim)
@@ -165,9 +167,7 @@ def training_fn(model, entry, dim, shape, device, cuda_graphs=False, mixed_preci
         optimizer.zero_grad(set_to_none=True)
         ctx = torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t) if state["hooks"] else contextlib.nullcontext()
         with ctx:
-            with autocast(device, mixed_precision):
-                flow = net(moving, fixed)
-            flow = flow.float()
+            flow = network_field(net, moving, fixed, mixed_precision)
             warped = warp(moving, flow)
             onehots = (None, None)
             if labels is not None:

@@ -32,7 +32,7 @@ from models.spectral import weight_cache
 from utils.distributed import any_rank, barrier, mean_over_ranks, shutdown
 from utils.errors import EXIT_INTERRUPTED
 from utils.fileio import write_json
-from utils.precision import autocast
+from utils.precision import network_field
 from utils.training_graphs import TrainingGraphs
 
 PLOT_INTERVAL_S = 60
@@ -94,9 +94,7 @@ class TrainingLoop:
     # ----------------------------------------------------------------------------- steps
     def _loss(self, net, batch, loss_fn=None):
         # Mixed precision covers the network only: the loss and its warps stay in float32.
-        with autocast(self.device, self.config["train_config"]["mixed_precision"]):
-            flow = net(batch.moving, batch.fixed)
-        flow = flow.float()
+        flow = network_field(net, batch.moving, batch.fixed, self.config["train_config"]["mixed_precision"])
         warped = warp(batch.moving, flow)
         total, terms = self._objective(loss_fn or self.loss_fn, batch, flow, warped)
         return total, terms, flow, warped

@@ -51,6 +51,14 @@ def autocast(device, mixed_precision):
     return torch.autocast(torch.device(device).type, dtype=MIXED_PRECISIONS[mixed_precision], cache_enabled=False)
 
 
+def network_field(net, moving, fixed, mixed_precision):
+    """``net(moving, fixed)`` under :func:`autocast` (on the inputs' device), returned in float32:
+    a training step's network in mixed precision, and what follows it (warp, loss) in float32."""
+    with autocast(moving.device, mixed_precision):
+        flow = net(moving, fixed)
+    return flow.float()
+
+
 def _autocast_on():
     return torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu")
 
@@ -77,4 +85,5 @@ def in_float32(fn):
     return wrapper
 
 
-__all__ = ["MIXED_PRECISIONS", "autocast", "check_device_supports", "check_mixed_precision", "in_float32"]
+__all__ = ["MIXED_PRECISIONS", "autocast", "check_device_supports", "check_mixed_precision", "in_float32",
+           "network_field"]
