@@ -31,7 +31,8 @@ Cells that cannot or should not run say why: a size the model refuses (``skipped
 cell whose time extrapolated from the next smaller size of the same dimension exceeds
 ``--max_seconds``, a CPU training cell whose activation memory extrapolated from the next
 smaller size (bytes the autograd graph saved, measured with saved-tensor hooks) would not fit in
-the available memory, or ``out of memory``. ``--max_seconds`` also caps each cell's repeats; a
+the available memory (read after the process hands its freed memory back to the kernel:
+``utils.allocator.release_freed_memory``), or ``out of memory``. ``--max_seconds`` also caps each cell's repeats; a
 cell timed by its warm-up call alone is flagged approximate (``≈``, an upper bound).
 
 Outputs in ``--out``: ``speed.json`` (machine, settings, every cell with all its timings),
@@ -66,6 +67,7 @@ from benchmarks.common import (  # noqa: E402
     write_outputs,
 )
 from benchmarks.speed_report import MODES, add_ratios, markdown, plot, scaling_exponents  # noqa: E402
+from utils.allocator import release_freed_memory  # noqa: E402
 from utils.cli import add_cuda_graphs_argument  # noqa: E402
 from utils.precision import MIXED_PRECISIONS  # noqa: E402
 
@@ -185,6 +187,8 @@ def _free(device):
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    else:  # freed memory the process kept must count as available for the next cell's memory check
+        release_freed_memory()
 
 
 def _param_bytes(model):

@@ -52,6 +52,7 @@ from data.nifti import drop_trailing_singletons, integral_labels
 from data.resize import resize_images, resize_labels
 from engine import experiment as xp
 from engine.checkpoint import add_fold_repair_argument, load_model, set_fold_repair
+from engine.config import resolve_config, trained_config
 from engine.metrics import folding_percent, jacobian_determinant, mean_dice, sdlogj
 from engine.plotting import registration_panel, save_figure
 from engine.refine import DEFAULT_REFINE_LR, refine_field, refine_loss
@@ -266,9 +267,11 @@ def register_files(exp_num, dim, moving, fixed, out, moving_seg=None, fixed_seg=
             network = {"folding_percent": float(folding_percent(flow)[0]), "sdlogj": float(sdlogj(flow)[0]),
                        "seconds_forward_warp": seconds}
             network_flow = flow
-            flow, seconds_refine = timed(lambda: refine_field(net_moving, net_fixed, network_flow, refine,
-                                                              _refine_loss(folder, info), refine_lr,
-                                                              repair=getattr(model, "fold_repair", False)), device)
+            loss = _refine_loss(folder, info, dim)
+            network["refine_loss"] = {k: getattr(loss, k) for k in ("similarity", "reg_param", "jac_param", "ncc_window")}
+            flow, seconds_refine = timed(lambda: refine_field(net_moving, net_fixed, network_flow, refine, loss,
+                                                              refine_lr, repair=getattr(model, "fold_repair", False)),
+                                         device)
         warped = warp(moving_t, flow)  # the moving image's own intensities, even with --rescale
         jac = jacobian_determinant(flow)
         flow_px = to_pixel_units(flow)
@@ -328,11 +331,16 @@ def register_files(exp_num, dim, moving, fixed, out, moving_seg=None, fixed_seg=
     return {**summary, "outputs": paths}
 
 
-def _refine_loss(folder, info):
+def _refine_loss(folder, info, dim):
     """The refinement objective from the training loss the loaded weights were trained with
-    (their own config; ``config.json`` for weights written before they carried one)."""
-    stored = info.get("config") or read_json(Path(folder) / "config.json")
-    return refine_loss(RegistrationLoss.from_config(stored.get("train_config", {})))
+    (their own config; ``config.json`` for weights written before they carried one), resolved
+    as training resolved it, so that a key the stored config leaves out takes the trainer's
+    default, as :func:`engine.evaluation` does for ``--refine``."""
+    trained = trained_config(info.get("config"), dim, source=info["path"])
+    if trained is None:
+        path = Path(folder) / "config.json"
+        trained = resolve_config(read_json(path), dim, source=str(path))
+    return refine_loss(RegistrationLoss.from_config(trained["train_config"]))
 
 
 def register_parser():

@@ -189,6 +189,32 @@ def test_refine_reports_the_network_alone_and_refined(exp_root, subjects, tmp_pa
     assert np.abs(field).max() > 0
 
 
+def test_refine_uses_the_loss_the_weights_were_trained_with(exp_root, subjects, tmp_path, capsys):
+    """The weights' own config wins over config.json edited since, and is resolved: a key it leaves
+    out (ncc_window here) takes the trainer's default, as in evaluate_<d>d.py --refine."""
+    folder = xp.experiment_dir(2, 1)
+    config = json.loads((folder / "config.json").read_text())
+    trained = {**config, "train_config": {k: v for k, v in config["train_config"].items() if k != "ncc_window"}}
+    trained["train_config"].update(similarity="ncc", reg_param=0.37, jac_param=0.2)
+    weights = (folder / "weights.pth").read_bytes()
+    edited = {**config, "train_config": {**config["train_config"], "reg_param": 5.0}}
+    try:
+        save_weights(folder, build_model("fnoreg", config["model_config"], 2), 0, [32, 40], config=trained)
+        write_json(folder / "config.json", edited)
+        images, _ = subjects[2]
+        moving = save(tmp_path / "m.nii.gz", images[0])
+        fixed = save(tmp_path / "f.nii.gz", images[1])
+        assert register("--exp_num", 1, "--dim", 2, "--moving", moving, "--fixed", fixed, "--out", tmp_path / "out",
+                        "--refine", 2) == 0
+    finally:
+        (folder / "weights.pth").write_bytes(weights)
+        write_json(folder / "config.json", config)
+    summary = json.loads((tmp_path / "out" / "registration.json").read_text())
+    default = resolve_config({"model_name": "fnoreg", "model_config": MODEL[2]}, 2)["train_config"]["ncc_window"]
+    assert summary["network"]["refine_loss"] == {"similarity": "ncc", "reg_param": 0.37, "jac_param": 0.2,
+                                                 "ncc_window": default}
+
+
 def test_fold_repair_flag_is_recorded(exp_root, subjects, tmp_path, capsys):
     images, _ = subjects[2]
     moving = save(tmp_path / "m.nii.gz", images[0])

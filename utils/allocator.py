@@ -93,3 +93,20 @@ def retain_freed_memory():
     _applied = mallopt(M_MMAP_MAX, 0) == 1
     mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     return _applied
+
+
+def release_freed_memory():
+    """Hand the heap's free pages back to the kernel now (glibc's ``malloc_trim(0)``).
+
+    For a process that kept freed memory (:func:`retain_freed_memory`) and is about to judge
+    from the system's available memory whether a large step fits (``bench_speed.py`` between
+    cells): memory it freed but kept would otherwise count as taken. The next allocations
+    fault their pages in again. Returns True when glibc released something, False otherwise
+    (and on other C libraries, where it does nothing).
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim.argtypes = (ctypes.c_size_t,)
+    libc.malloc_trim.restype = ctypes.c_int
+    return libc.malloc_trim(0) == 1
