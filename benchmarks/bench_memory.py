@@ -51,9 +51,11 @@ from benchmarks.common import (  # noqa: E402
     markdown_table,
     parse_models,
     parse_size,
+    reset_peak_resident,
     set_threads,
     shape_text,
     short_reason,
+    status_bytes,
     unmeasured_text,
     write_outputs,
 )
@@ -64,24 +66,6 @@ MIB = 2**20
 
 
 # ------------------------------------------------------------------------------------- child
-def _status_kb(key):
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss():
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def child(spec):
     """Measure one cell (runs in the child process); returns the result dict."""
     import torch
@@ -127,10 +111,10 @@ def child(spec):
         out.update(peak_bytes=peak, before_bytes=before, step_bytes=peak - before,
                    reserved_bytes=torch.cuda.max_memory_reserved(device), measure="cuda max_memory_allocated")
     else:
-        exact = _reset_peak_rss()
-        before = _status_kb("VmRSS")
+        exact = reset_peak_resident()
+        before = status_bytes("VmRSS")
         call()
-        peak = _status_kb("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = status_bytes("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         out.update(peak_bytes=peak, before_bytes=before, step_bytes=peak - before if before else None,
                    measure="VmHWM after clear_refs" if exact else "ru_maxrss (approximate)")
     out["seconds"] = time.perf_counter() - started

@@ -58,17 +58,21 @@ from benchmarks.common import (  # noqa: E402
     cannot_run,
     finish_machine_info,
     fmt_seconds,
+    jsonable,
     machine_info,
     parse_models,
     parse_size,
+    reset_peak_resident,
     set_threads,
     short_reason,
+    status_bytes,
     time_call,
     write_outputs,
 )
 from benchmarks.speed_report import MODES, add_ratios, markdown, plot, scaling_exponents  # noqa: E402
 from utils.allocator import release_freed_memory  # noqa: E402
 from utils.cli import add_cuda_graphs_argument  # noqa: E402
+from utils.fileio import write_json  # noqa: E402
 from utils.precision import MIXED_PRECISIONS  # noqa: E402
 
 DEFAULT_SIZES = tuple(NAMED_SIZES)
@@ -191,6 +195,23 @@ def _free(device):
         release_freed_memory()
 
 
+def _memory_need(previous, pixels, param_bytes):
+    """Bytes a CPU training cell at ``pixels`` is expected to need, from the last measured size.
+
+    The larger of two linear extrapolations in the pixel count: the bytes autograd saved, and the
+    peak growth of the process's resident memory during that cell (which also counts the
+    temporaries of the forward and backward passes and the allocator's fragmentation; the
+    saved bytes alone let TransMorph 3-stage's 160x192x224 step exhaust 24 GB). Weights,
+    gradients and Adam's two moments (four times the weights) do not grow with the size.
+    """
+    small_pixels, _, saved, growth = previous
+    fixed = 4 * param_bytes
+    scale = pixels / small_pixels
+    by_saved = (saved or 0) * scale
+    by_growth = max((growth or 0) - fixed, 0) * scale
+    return max(by_saved, by_growth) + fixed
+
+
 def _param_bytes(model):
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
@@ -201,8 +222,11 @@ def _is_oom(exc):
 
 
 def bench(entries, sizes, devices, repeats, max_seconds, modes=MODES, progress=True, cuda_graphs=False,
-          mixed_precision=False):
+          mixed_precision=False, on_cell=None):
     """Measure every (device, entry, size, mode) cell; returns the list of cell dicts.
+
+    ``on_cell(cells)`` is called after each cell with the cells so far (``main`` writes them, so
+    that a run the kernel kills for memory keeps what it measured).
 
     ``cuda_graphs``: on CUDA, inference replayed from CUDA graphs (:mod:`models.graphed`) and the
     training step's forward and backward pass too (:mod:`utils.training_graphs`).
@@ -224,7 +248,8 @@ def bench(entries, sizes, devices, repeats, max_seconds, modes=MODES, progress=T
                 # Every cell starts from the built weights: a training cell's Adam steps on random
                 # images make FNOReg fold, and a later inference cell would time the fold repair.
                 initial = {k: v.clone() for k, v in model.state_dict().items()}
-                previous = {}  # mode -> (pixels, per-call seconds, saved bytes) of the last measured size
+                # mode -> (pixels, per-call seconds, saved bytes, peak growth) of the last measured size
+                previous = {}
                 for size_name, shape in dim_sizes:
                     pixels = math.prod(shape)
                     for mode in modes:
@@ -234,11 +259,18 @@ def bench(entries, sizes, devices, repeats, max_seconds, modes=MODES, progress=T
                                 "batch": 1 if mode == "inference" else entry.batch_size(dim),
                                 "config_file": entry.config_file}
                         model.load_state_dict(initial)  # in place: a captured graph stays valid
+                        watch = device.type == "cpu" and reset_peak_resident()
+                        before = status_bytes("VmRSS") if watch else None
                         cell.update(_measure(entry, model, dim, shape, device, mode, repeats, max_seconds,
                                              previous.get(mode), cuda_graphs, mixed_precision))
+                        if cell["status"] == "ok" and before is not None:
+                            cell["peak_growth_bytes"] = status_bytes("VmHWM") - before
                         if cell["status"] == "ok":
-                            previous[mode] = (pixels, cell["seconds_per_call"], cell.get("saved_bytes"))
+                            previous[mode] = (pixels, cell["seconds_per_call"], cell.get("saved_bytes"),
+                                              cell.get("peak_growth_bytes"))
                         cells.append(cell)
+                        if on_cell is not None:
+                            on_cell(cells)
                         if progress:
                             what = (f"{fmt_seconds(cell['seconds_per_pair'])}/pair" if cell["status"] == "ok"
                                     else f"{cell['status']} ({cell.get('reason', '')})")
@@ -261,8 +293,8 @@ def _measure(entry, model, dim, shape, device, mode, repeats, max_seconds, previ
         if predicted > max_seconds:
             return {"status": "skipped", "reason": f"≈{predicted:.0f} s per call extrapolated from "
                     f"{previous[0]:,} pixels > --max_seconds {max_seconds:g}", "predicted_seconds": predicted}
-    if mode == "training" and device.type == "cpu" and previous is not None and previous[2]:
-        need = previous[2] * pixels / previous[0] + 4 * _param_bytes(model)
+    if mode == "training" and device.type == "cpu" and previous is not None and (previous[2] or previous[3]):
+        need = _memory_need(previous, pixels, _param_bytes(model))
         have = available_memory_bytes()
         if have is not None and need > MEMORY_HEADROOM * have:
             return {"status": "skipped", "reason": f"needs ≈{need / 2**30:.1f} GiB (extrapolated), "
@@ -331,8 +363,16 @@ def main(argv=None):
     info["device"] = ", ".join(map(str, devices))  # every device the run measured
     if any(d.type == "cpu" for d in devices):
         info["cpu_device_measured"] = True
+    out = Path(args.out)
+    partial = out / "speed.partial.json"
+
+    def keep(cells):  # so far; removed once the run's outputs are written
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(partial, {"benchmark": "speed", "partial": True, "machine": info,
+                             "command": command_line("bench_speed.py", argv), "cells": cells}, default=jsonable)
+
     cells = bench(entries, sizes, devices, args.repeats, args.max_seconds, args.modes, cuda_graphs=args.cuda_graphs,
-                  mixed_precision=args.mixed_precision)
+                  mixed_precision=args.mixed_precision, on_cell=keep)
     finish_machine_info(info)
     result = {"benchmark": "speed", "machine": info,
               "command": command_line("bench_speed.py", argv),
@@ -341,8 +381,8 @@ def main(argv=None):
                            "reference": "voxelmorph/vxm2", "cuda_graphs": args.cuda_graphs,
                            "mixed_precision": args.mixed_precision or False},
               "cells": cells, "scaling_exponents": scaling_exponents(cells)}
-    out = Path(args.out)
     json_path, md_path = write_outputs(out, "speed", result, markdown(result))
+    partial.unlink(missing_ok=True)
     if not args.no_plot:
         plot(result, out / "speed_scaling.png")
     print(md_path.read_text())

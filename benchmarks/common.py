@@ -334,6 +334,26 @@ def available_memory_bytes():
     return None
 
 
+def status_bytes(key):
+    """A memory figure of this process from /proc/self/status (``VmRSS``, ``VmHWM``), or None."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_resident():
+    """Restart this process's peak resident memory (``VmHWM``) from now; False where Linux refuses."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 # ----------------------------------------------------------------------------------- writing
 def markdown_table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -346,12 +366,12 @@ def write_outputs(out_dir, stem, payload, markdown):
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
+    json_path.write_text(json.dumps(payload, indent=2, default=jsonable) + "\n")
     md_path.write_text(markdown.rstrip() + "\n")
     return json_path, md_path
 
 
-def _jsonable(value):
+def jsonable(value):
     if isinstance(value, (Path, torch.device)):
         return str(value)
     if isinstance(value, tuple):

@@ -42,9 +42,9 @@ def atomic_torch_save(obj, path):
     _atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
-def write_json(path, obj):
-    """Write ``obj`` as indented JSON atomically."""
-    _atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
+def write_json(path, obj, default=None):
+    """Write ``obj`` as indented JSON atomically (``default``: as for ``json.dumps``)."""
+    _atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=default) + "\n"))
 
 
 def read_json(path, what="config file"):

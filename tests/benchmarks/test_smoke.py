@@ -41,6 +41,9 @@ def test_speed_smoke(tmp_path):
     assert "Inference" in md and "Training" in md and data["machine"]["cpu"] in md
     assert (tmp_path / "speed_scaling.png").stat().st_size > 0
     assert result["scaling_exponents"] == {}  # one size per dimension: nothing to fit, and 2D and 3D never mix
+    assert not (tmp_path / "speed.partial.json").exists()  # the run's own outputs replace it
+    if sys.platform.startswith("linux"):
+        assert train["peak_growth_bytes"] >= 0
 
 
 def test_scaling_exponents_fit_each_dimension_apart():
@@ -114,8 +117,44 @@ def test_speed_skips_what_cannot_run():
     assert cells[0]["status"] == "skipped" and "multiple of 32" in cells[0]["reason"]
     # A cell whose time extrapolated from a smaller size exceeds the budget is skipped, not run.
     skipped = bench_speed._measure(None, None, 2, (160, 192), bench_speed.torch.device("cpu"), "inference", 1, 1.0,
-                                   (16 * 16, 0.5, None))
+                                   (16 * 16, 0.5, None, None))
     assert skipped["status"] == "skipped" and "--max_seconds" in skipped["reason"]
+
+
+def test_speed_memory_check_extrapolates_the_measured_peak_growth(monkeypatch):
+    """A CPU training cell is skipped when the resident growth of the smaller size, scaled by the
+    pixel count, would not fit, even where the bytes autograd saved would."""
+    entry = common.parse_models(["voxelmorph/vxm2"])[0]
+    model = common.build(entry, 2, bench_speed.torch.device("cpu"))
+    param_bytes = bench_speed._param_bytes(model)
+    monkeypatch.setattr(bench_speed, "available_memory_bytes", lambda: 10 * 2**30)
+    gib = 2**30
+    # 1 GiB grown at 16x16 beyond the weights' fixed share -> 100 GiB at 160x160; saved bytes alone: 10 MiB.
+    previous = (16 * 16, 0.01, 2**20, gib + 4 * param_bytes)
+    skipped = bench_speed._measure(entry, model, 2, (160, 160), bench_speed.torch.device("cpu"), "training", 1, None,
+                                   previous)
+    assert skipped["status"] == "skipped" and "needs" in skipped["reason"]
+    assert skipped["predicted_bytes"] == pytest.approx(100 * gib + 4 * param_bytes)
+    assert bench_speed._memory_need((16 * 16, 0.01, 2**20, None), 160 * 160, 0) == pytest.approx(100 * 2**20)
+
+
+def test_speed_keeps_the_cells_measured_before_a_run_dies(tmp_path, monkeypatch):
+    """Each cell is written to speed.partial.json as it ends: a run the kernel kills for memory keeps them."""
+    measure, calls = bench_speed._measure, []
+
+    def dies_on_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise MemoryError("killed")
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(bench_speed, "_measure", dies_on_the_third)
+    with pytest.raises(MemoryError):
+        bench_speed.main(["--gpu_num", "-1", "--models", "voxelmorph/vxm2", "--sizes", "16x16", "16x32", "--repeats",
+                          "1", "--threads", "1", "--no_plot", "--out", str(tmp_path)])
+    kept = json.loads((tmp_path / "speed.partial.json").read_text())
+    assert kept["partial"] and [c["size"] for c in kept["cells"]] == ["16x16", "16x16"]
+    assert not (tmp_path / "speed.json").exists()
 
 
 def test_published_configs_give_batch_sizes():
