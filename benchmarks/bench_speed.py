@@ -264,8 +264,11 @@ def bench(entries, sizes, devices, repeats, max_seconds, modes=MODES, progress=T
                         model.load_state_dict(initial)  # in place: a captured graph stays valid
                         watch = device.type == "cpu" and reset_peak_resident()
                         before = status_bytes("VmRSS") if watch else None
+                        inferred = next((c.get("peak_growth_bytes") for c in cells[::-1] if c["label"] == entry.label
+                                         and c["size"] == size_name and c["mode"] == "inference"
+                                         and c["device"] == cell["device"]), None) if mode == "training" else None
                         cell.update(_measure(entry, model, dim, shape, device, mode, repeats, max_seconds,
-                                             previous.get(mode), cuda_graphs, mixed_precision))
+                                             previous.get(mode), cuda_graphs, mixed_precision, inferred))
                         if cell["status"] == "ok" and before is not None:
                             cell["peak_growth_bytes"] = status_bytes("VmHWM") - before
                         if cell["status"] == "ok":
@@ -286,7 +289,7 @@ def bench(entries, sizes, devices, repeats, max_seconds, modes=MODES, progress=T
 
 
 def _measure(entry, model, dim, shape, device, mode, repeats, max_seconds, previous, cuda_graphs=False,
-             mixed_precision=False):
+             mixed_precision=False, inference_growth=None):
     reason = cannot_run(model, shape)
     if reason:
         return {"status": "skipped", "reason": short_reason(reason)}
@@ -296,11 +299,18 @@ def _measure(entry, model, dim, shape, device, mode, repeats, max_seconds, previ
         if predicted > max_seconds:
             return {"status": "skipped", "reason": f"≈{predicted:.0f} s per call extrapolated from "
                     f"{previous[0]:,} pixels > --max_seconds {max_seconds:g}", "predicted_seconds": predicted}
-    if mode == "training" and device.type == "cpu" and previous is not None and (previous[2] or previous[3]):
-        need = _memory_need(previous, pixels, _param_bytes(model))
+    if mode == "training" and device.type == "cpu":
+        if previous is not None and (previous[2] or previous[3]):
+            need, how = _memory_need(previous, pixels, _param_bytes(model)), "extrapolated"
+        elif inference_growth:
+            # No smaller size ran (TransMorph refuses 80x96x112): a step keeps the forward's
+            # activations and gets their gradients, so at least twice what inference grew by.
+            need, how = 2 * inference_growth + 4 * _param_bytes(model), "twice inference's growth"
+        else:
+            need = None
         have = available_memory_bytes()
-        if have is not None and need > MEMORY_HEADROOM * have:
-            return {"status": "skipped", "reason": f"needs ≈{need / 2**30:.1f} GiB (extrapolated), "
+        if need is not None and have is not None and need > MEMORY_HEADROOM * have:
+            return {"status": "skipped", "reason": f"needs ≈{need / 2**30:.1f} GiB ({how}), "
                     f"{have / 2**30:.1f} GiB available", "predicted_bytes": need}
     try:
         if mode == "inference":
