@@ -198,6 +198,12 @@ def _free(device):
         release_freed_memory()
 
 
+def _inference_growth(cells, cell):
+    """Peak resident growth of the inference cell of ``cell``'s model, size and device, if measured."""
+    return next((c.get("peak_growth_bytes") for c in reversed(cells) if c["mode"] == "inference"
+                 and all(c[k] == cell[k] for k in ("label", "size", "device", "dim"))), None)
+
+
 def _memory_need(previous, pixels, param_bytes):
     """Bytes a CPU training cell at ``pixels`` is expected to need, from the last measured size.
 
@@ -264,9 +270,7 @@ def bench(entries, sizes, devices, repeats, max_seconds, modes=MODES, progress=T
                         model.load_state_dict(initial)  # in place: a captured graph stays valid
                         watch = device.type == "cpu" and reset_peak_resident()
                         before = status_bytes("VmRSS") if watch else None
-                        inferred = next((c.get("peak_growth_bytes") for c in cells[::-1] if c["label"] == entry.label
-                                         and c["size"] == size_name and c["mode"] == "inference"
-                                         and c["device"] == cell["device"]), None) if mode == "training" else None
+                        inferred = _inference_growth(cells, cell) if mode == "training" else None
                         cell.update(_measure(entry, model, dim, shape, device, mode, repeats, max_seconds,
                                              previous.get(mode), cuda_graphs, mixed_precision, inferred))
                         if cell["status"] == "ok" and before is not None:

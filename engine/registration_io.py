@@ -268,7 +268,8 @@ def register_files(exp_num, dim, moving, fixed, out, moving_seg=None, fixed_seg=
                        "seconds_forward_warp": seconds}
             network_flow = flow
             loss = _refine_loss(folder, info, dim)
-            network["refine_loss"] = {k: getattr(loss, k) for k in ("similarity", "reg_param", "jac_param", "ncc_window")}
+            network["refine_loss"] = {k: getattr(loss, k)
+                                      for k in ("similarity", "reg_param", "jac_param", "ncc_window")}
             flow, seconds_refine = timed(lambda: refine_field(net_moving, net_fixed, network_flow, refine, loss,
                                                               refine_lr, repair=getattr(model, "fold_repair", False)),
                                          device)
