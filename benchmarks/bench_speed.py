@@ -76,9 +76,9 @@ from utils.fileio import write_json  # noqa: E402
 from utils.precision import MIXED_PRECISIONS  # noqa: E402
 
 DEFAULT_SIZES = tuple(NAMED_SIZES)
-# A CPU training cell may use at most this share of the available memory. The extrapolated need
-# is if anything high (Fourier-Net 16: 1.9 GiB of growth at 80x96x112 predicted 15.5 GiB at full
-# size, where the step grew by 12.8 GiB), so the margin can be modest.
+# A CPU cell may use at most this share of the available memory. The extrapolated need came out
+# between 10 % low and 20 % high (2 threads, 80x96x112 -> 160x192x224: vxm1 inference 7.1
+# predicted, 7.8 GiB grown; Fourier-Net 16 training 15.5 predicted, 12.8 grown).
 MEMORY_HEADROOM = 0.85
 
 
@@ -205,7 +205,7 @@ def _inference_growth(cells, cell):
 
 
 def _memory_need(previous, pixels, param_bytes):
-    """Bytes a CPU training cell at ``pixels`` is expected to need, from the last measured size.
+    """Bytes a CPU cell at ``pixels`` is expected to need, from the last measured size.
 
     The larger of two linear extrapolations in the pixel count: the bytes autograd saved, and the
     peak growth of the process's resident memory during that cell (which also counts the
@@ -303,14 +303,17 @@ def _measure(entry, model, dim, shape, device, mode, repeats, max_seconds, previ
         if predicted > max_seconds:
             return {"status": "skipped", "reason": f"≈{predicted:.0f} s per call extrapolated from "
                     f"{previous[0]:,} pixels > --max_seconds {max_seconds:g}", "predicted_seconds": predicted}
-    if mode == "training" and device.type == "cpu":
+    if device.type == "cpu":
+        # Weights, gradients and Adam's moments do not grow with the size; an inference cell's
+        # growth holds none of them (the weights were there before it).
+        fixed = _param_bytes(model) if mode == "training" else 0
         if previous is not None and (previous[2] or previous[3]):
-            need, how = _memory_need(previous, pixels, _param_bytes(model)), "extrapolated"
-        elif inference_growth:
+            need, how = _memory_need(previous, pixels, fixed), "extrapolated"
+        elif mode == "training" and inference_growth:
             # No smaller size ran (TransMorph refuses 80x96x112). A training step grew by 1.8-4.6x
             # what inference at the same size grew by (3D models, 2 CPU threads); TransMorph base
             # at 160x192x224 by 2.5x (21 GiB), and with a factor of 2 it was killed for memory.
-            need, how = 3 * inference_growth + 4 * _param_bytes(model), "3x inference's growth"
+            need, how = 3 * inference_growth + 4 * fixed, "3x inference's growth"
         else:
             need = None
         have = available_memory_bytes()

@@ -136,6 +136,10 @@ def test_speed_memory_check_extrapolates_the_measured_peak_growth(monkeypatch):
     assert skipped["status"] == "skipped" and "needs" in skipped["reason"]
     assert skipped["predicted_bytes"] == pytest.approx(100 * gib + 4 * param_bytes)
     assert bench_speed._memory_need((16 * 16, 0.01, 2**20, None), 160 * 160, 0) == pytest.approx(100 * 2**20)
+    # Inference cells too, from the smaller inference cell's growth (no weights' share added).
+    skipped = bench_speed._measure(entry, model, 2, (160, 160), bench_speed.torch.device("cpu"), "inference", 1, None,
+                                   (16 * 16, 0.01, None, gib))
+    assert skipped["status"] == "skipped" and skipped["predicted_bytes"] == pytest.approx(100 * gib)
     # No smaller size measured: three times what inference at the same size grew by.
     skipped = bench_speed._measure(entry, model, 2, (160, 160), bench_speed.torch.device("cpu"), "training", 1, None,
                                    None, inference_growth=5 * gib)
