@@ -29,11 +29,12 @@ inference cell never times what an earlier training cell's steps on random image
 
 Cells that cannot or should not run say why: a size the model refuses (``skipped (...)``), a
 cell whose time extrapolated from the next smaller size of the same dimension exceeds
-``--max_seconds``, a CPU training cell whose activation memory extrapolated from the next
-smaller size (bytes the autograd graph saved, measured with saved-tensor hooks) would not fit in
-the available memory (read after the process hands its freed memory back to the kernel:
-``utils.allocator.release_freed_memory``), or ``out of memory``. ``--max_seconds`` also caps each cell's repeats; a
-cell timed by its warm-up call alone is flagged approximate (``≈``, an upper bound).
+``--max_seconds``, a CPU cell whose memory extrapolated from the next smaller size (the bytes the
+autograd graph saved, measured with saved-tensor hooks, or the process's peak resident growth,
+whichever is larger; :func:`_memory_need`) would not fit in the available memory (read after the
+process hands its freed memory back to the kernel: ``utils.allocator.release_freed_memory``), or
+``out of memory``. ``--max_seconds`` also caps each cell's repeats; a cell timed by its warm-up
+call alone is flagged approximate (``≈``, an upper bound).
 
 Outputs in ``--out``: ``speed.json`` (machine, settings, every cell with all its timings),
 ``speed.md`` (one inference and one training table per device) and ``speed_scaling.png``.
@@ -45,6 +46,7 @@ import gc
 import math
 import sys
 from pathlib import Path
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -198,6 +200,15 @@ def _free(device):
         release_freed_memory()
 
 
+class Measured(NamedTuple):
+    """What the next larger size of a model and mode is extrapolated from."""
+
+    pixels: int
+    seconds: float  # per call
+    saved: Optional[int]  # bytes autograd saved (training)
+    growth: Optional[int]  # peak resident growth (CPU)
+
+
 def _inference_growth(cells, cell):
     """Peak resident growth of the inference cell of ``cell``'s model, size and device, if measured."""
     return next((c.get("peak_growth_bytes") for c in reversed(cells) if c["mode"] == "inference"
@@ -213,11 +224,11 @@ def _memory_need(previous, pixels, param_bytes):
     saved bytes alone let TransMorph 3-stage's 160x192x224 step exhaust 24 GB). Weights,
     gradients and Adam's two moments (four times the weights) do not grow with the size.
     """
-    small_pixels, _, saved, growth = previous
+    previous = Measured(*previous)
     fixed = 4 * param_bytes
-    scale = pixels / small_pixels
-    by_saved = (saved or 0) * scale
-    by_growth = max((growth or 0) - fixed, 0) * scale
+    scale = pixels / previous.pixels
+    by_saved = (previous.saved or 0) * scale
+    by_growth = max((previous.growth or 0) - fixed, 0) * scale
     return max(by_saved, by_growth) + fixed
 
 
@@ -257,8 +268,7 @@ def bench(entries, sizes, devices, repeats, max_seconds, modes=MODES, progress=T
                 # Every cell starts from the built weights: a training cell's Adam steps on random
                 # images make FNOReg fold, and a later inference cell would time the fold repair.
                 initial = {k: v.clone() for k, v in model.state_dict().items()}
-                # mode -> (pixels, per-call seconds, saved bytes, peak growth) of the last measured size
-                previous = {}
+                previous = {}  # mode -> Measured of the last measured size
                 for size_name, shape in dim_sizes:
                     pixels = math.prod(shape)
                     for mode in modes:
@@ -276,8 +286,8 @@ def bench(entries, sizes, devices, repeats, max_seconds, modes=MODES, progress=T
                         if cell["status"] == "ok" and before is not None:
                             cell["peak_growth_bytes"] = status_bytes("VmHWM") - before
                         if cell["status"] == "ok":
-                            previous[mode] = (pixels, cell["seconds_per_call"], cell.get("saved_bytes"),
-                                              cell.get("peak_growth_bytes"))
+                            previous[mode] = Measured(pixels, cell["seconds_per_call"], cell.get("saved_bytes"),
+                                                      cell.get("peak_growth_bytes"))
                         cells.append(cell)
                         if on_cell is not None:
                             on_cell(cells)
@@ -298,22 +308,23 @@ def _measure(entry, model, dim, shape, device, mode, repeats, max_seconds, previ
     if reason:
         return {"status": "skipped", "reason": short_reason(reason)}
     pixels = math.prod(shape)
+    previous = None if previous is None else Measured(*previous)
     if previous is not None and max_seconds:
-        predicted = previous[1] * pixels / previous[0]
+        predicted = previous.seconds * pixels / previous.pixels
         if predicted > max_seconds:
             return {"status": "skipped", "reason": f"≈{predicted:.0f} s per call extrapolated from "
-                    f"{previous[0]:,} pixels > --max_seconds {max_seconds:g}", "predicted_seconds": predicted}
+                    f"{previous.pixels:,} pixels > --max_seconds {max_seconds:g}", "predicted_seconds": predicted}
     if device.type == "cpu":
         # Weights, gradients and Adam's moments do not grow with the size; an inference cell's
         # growth holds none of them (the weights were there before it).
-        fixed = _param_bytes(model) if mode == "training" else 0
-        if previous is not None and (previous[2] or previous[3]):
-            need, how = _memory_need(previous, pixels, fixed), "extrapolated"
+        param_bytes = _param_bytes(model) if mode == "training" else 0
+        if previous is not None and (previous.saved or previous.growth):
+            need, how = _memory_need(previous, pixels, param_bytes), "extrapolated"
         elif mode == "training" and inference_growth:
             # No smaller size ran (TransMorph refuses 80x96x112). A training step grew by 1.8-4.6x
             # what inference at the same size grew by (3D models, 2 CPU threads); TransMorph base
             # at 160x192x224 by 2.5x (21 GiB), and with a factor of 2 it was killed for memory.
-            need, how = 3 * inference_growth + 4 * fixed, "3x inference's growth"
+            need, how = 3 * inference_growth + 4 * param_bytes, "3x inference's growth"
         else:
             need = None
         have = available_memory_bytes()

@@ -36,10 +36,10 @@ from engine.train_loop import TrainingLoop
 from losses import RegistrationLoss
 from models import build_model, count_parameters
 from utils.device import cuda_graphs_on, select_device
-from utils.precision import check_device_supports
 from utils.distributed import broadcast_object, gather_object, init_distributed
 from utils.errors import ConfigError, UserError
 from utils.fileio import read_json, write_json
+from utils.precision import check_device_supports
 from utils.process import process_alive
 from utils.training_graphs import TrainingGraphs
 
